@@ -1,0 +1,63 @@
+"""A data-parallel worker: a device on a host that turns a parameter version into a gradient."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pssim.cluster.device import Device
+from pssim.cluster.stragglers import Straggler
+
+NAN = math.nan
+
+
+@dataclass
+class StepRecord:
+    """One worker step, filled in as it happens; one row of the steps table."""
+
+    worker: int
+    step: int
+    version: int
+    staleness: int = 0
+    compute_start: float = NAN
+    compute_end: float = NAN
+    comm_start: float = NAN
+    push_end: float = NAN
+    comm_end: float = NAN
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+class Worker:
+    """Computes real gradients, taking the simulated time its device (and straggler draw) dictates.
+
+    `current` is the record of the step in progress; the communication primitives add their times
+    and bytes to it, and `finish_step` appends it to the run's steps table.
+    """
+
+    def __init__(self, sim, index: int, host: str, device: Device, straggler: Straggler):
+        self.sim = sim
+        self.env = sim.env
+        self.index = index
+        self.host = host
+        self.device = device
+        self.straggler = straggler
+        self.current: StepRecord | None = None
+        self._ideal_s = device.step_time(sim.workload.batch_flops(), sim.config.cluster.precision)
+
+    def compute(self, params, step: int, version: int):
+        """Spend this step's compute time, then return the gradient of batch `step` at `params`."""
+        self.current = StepRecord(self.index, step, version, compute_start=self.env.now)
+        yield self.env.timeout(self.straggler(self._ideal_s))
+        self.current.compute_end = self.env.now
+        if params is None:
+            return None
+        return self.sim.workload.gradient(params, self.index, step)
+
+    def finish_step(self, staleness: int = 0) -> None:
+        rec = self.current
+        rec.staleness = staleness
+        rec.comm_end = self.env.now
+        if math.isnan(rec.comm_start):
+            rec.comm_start = rec.compute_end
+        self.sim.steps.append(rec)

@@ -1,0 +1,66 @@
+"""A parameter-server shard: a contiguous range of the model, its optimizer state, version and CPU."""
+
+from __future__ import annotations
+
+import simpy
+import torch
+
+from pssim.workload.optimizer import SGD
+from pssim.workload.workload import WIRE_BYTES_PER_PARAM
+
+
+class ServerShard:
+    """Owns params[lo:hi] of the global vector; applies the optimizer to it; counts its versions.
+
+    The shard's CPU is a one-core SimPy resource: receiving, aggregating and sending bytes take CPU
+    time in FIFO order, so a busy server delays both pushes and pulls, as a real one does.
+    """
+
+    def __init__(self, env: simpy.Environment, index: int, host: str, lo: int, hi: int,
+                 params: torch.Tensor | None, optimizer: SGD):
+        self.env = env
+        self.index = index
+        self.host = host
+        self.lo, self.hi = lo, hi
+        self.params = params[lo:hi] if params is not None else None  # a view into the global vector
+        self.momentum = torch.zeros_like(self.params) if self.params is not None else None
+        self.optimizer = optimizer
+        self.version = 0
+        self.cpu = simpy.Resource(env, capacity=1)
+        self.busy: list[tuple[float, float, str]] = []  # (start, end, what) for the trace
+        self._waiters: list[tuple[int, simpy.Event]] = []
+
+    @property
+    def nbytes(self) -> int:
+        return (self.hi - self.lo) * WIRE_BYTES_PER_PARAM
+
+    def work(self, seconds: float, what: str):
+        """Occupy this shard's CPU for `seconds` (queued behind earlier work)."""
+        with self.cpu.request() as turn:
+            yield turn
+            start = self.env.now
+            if seconds > 0:
+                yield self.env.timeout(seconds)
+            self.busy.append((start, self.env.now, what))
+
+    def apply(self, grad: torch.Tensor | None, scale: float = 1.0) -> None:
+        """One optimizer step with grad * scale (skipped in timing-only runs); the version advances."""
+        if self.params is not None and grad is not None:
+            self.optimizer.step(self.params, grad * scale if scale != 1.0 else grad, self.momentum)
+        self.version += 1
+        ready = [w for w in self._waiters if w[0] <= self.version]
+        self._waiters = [w for w in self._waiters if w[0] > self.version]
+        for _, event in ready:
+            event.succeed()
+
+    def reached(self, version: int) -> simpy.Event:
+        """An event that fires once this shard's version is at least `version`."""
+        event = self.env.event()
+        if self.version >= version:
+            event.succeed()
+        else:
+            self._waiters.append((version, event))
+        return event
+
+    def snapshot(self) -> torch.Tensor | None:
+        return self.params.clone() if self.params is not None else None

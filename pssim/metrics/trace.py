@@ -1,0 +1,43 @@
+"""Chrome trace event format (opens in Perfetto or chrome://tracing): a track per worker, server, link."""
+
+from __future__ import annotations
+
+import math
+
+US = 1e6  # trace timestamps are microseconds
+
+
+def _span(pid: int, tid: int, name: str, start: float, end: float, **args) -> dict:
+    return {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": start * US,
+            "dur": max(0.0, end - start) * US, "args": args}
+
+
+def _names(pid: int, process: str, threads: list[str]) -> list[dict]:
+    out = [{"ph": "M", "pid": pid, "tid": 0, "name": "process_name", "args": {"name": process}}]
+    out += [{"ph": "M", "pid": pid, "tid": i, "name": "thread_name", "args": {"name": t}}
+            for i, t in enumerate(threads)]
+    return out
+
+
+def chrome_trace(sim) -> dict:
+    """Workers show compute / push / pull-and-wait; servers their CPU work; links every flow they carried."""
+    events = _names(1, "workers", [w.host for w in sim.workers])
+    for r in sim.steps:
+        events.append(_span(1, r.worker, "compute", r.compute_start, r.compute_end, step=r.step, version=r.version))
+        if not math.isnan(r.push_end):
+            events.append(_span(1, r.worker, "push", r.comm_start, r.push_end, bytes=r.bytes_sent))
+            events.append(_span(1, r.worker, "pull", r.push_end, r.comm_end, bytes=r.bytes_received))
+        else:
+            events.append(_span(1, r.worker, "communicate", r.comm_start, r.comm_end))
+
+    events += _names(2, "servers", [s.host for s in sim.ps.shards])
+    for s in sim.ps.shards:
+        events += [_span(2, s.index, what, a, b) for a, b, what in s.busy if b > a]
+
+    links = sim.topology.links
+    index = {link: i for i, link in enumerate(links)}
+    events += _names(3, "links", [link.name for link in links])
+    for f in sim.network.completed:
+        for link in f.links:
+            events.append(_span(3, index[link], f.tag, f.start, f.end, bytes=f.size))
+    return {"traceEvents": events, "displayTimeUnit": "ms"}

@@ -1,0 +1,152 @@
+"""The flow-level network model: messages are flows sharing links max-min fairly.
+
+A message of S bytes from a to b first pays its route's latency (propagation of every link plus the
+transport's per-message overhead), then becomes a flow over the route's links. All active flows share
+every link max-min fairly (progressive filling, with each flow's own rate cap as one more constraint);
+rates are recomputed only when a flow starts or ends. One SimPy process owns the flows and sleeps until
+the next completion; a new flow wakes it by triggering an event (no per-flow processes, no interrupts,
+no per-packet events).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import simpy
+
+from pssim.network.topology import Link, Topology
+
+
+@dataclass(eq=False)
+class Flow:
+    """One message in flight. `start` is when its first byte moves (after the latency)."""
+
+    src: str
+    dst: str
+    size: float
+    tag: str
+    links: tuple[Link, ...]
+    cap: float
+    done: simpy.Event
+    submitted: float
+    start: float = float("nan")
+    end: float = float("nan")
+    remaining: float = 0.0
+    rate: float = 0.0
+
+
+class FlowNetwork:
+    """Carries messages between hosts of a `Topology` and accounts bytes and busy time per link."""
+
+    def __init__(self, env: simpy.Environment, topology: Topology):
+        self.env = env
+        self.topology = topology
+        self.link_bytes: dict[Link, float] = defaultdict(float)
+        self.link_busy_s: dict[Link, float] = defaultdict(float)
+        self.completed: list[Flow] = []
+        self._flows: list[Flow] = []
+        self._busy_links: set[Link] = set()
+        self._last = env.now
+        self._wake = env.event()
+        env.process(self._run())
+
+    # -- public -------------------------------------------------------------------------------------
+    def send(self, src: str, dst: str, nbytes: float, tag: str = "") -> simpy.Event:
+        """Send `nbytes` from src to dst; the returned event fires (with the Flow) when the last byte lands."""
+        done = self.env.event()
+        links = self.topology.route(src, dst) if src != dst else ()
+        flow = Flow(src, dst, float(nbytes), tag, links, min((l.transport.flow_cap for l in links),
+                    default=float("inf")), done, submitted=self.env.now, remaining=float(nbytes))
+        latency = self.latency(links)
+        if latency > 0:
+            self.env.timeout(latency).callbacks.append(lambda _event: self._admit(flow))
+        else:
+            self._admit(flow)
+        return done
+
+    @staticmethod
+    def latency(links: tuple[Link, ...]) -> float:
+        """Per-message latency of a route: every link's propagation plus the transport's overhead."""
+        if not links:
+            return 0.0
+        return sum(l.transport.hop_latency_s for l in links) + max(l.transport.latency_s for l in links)
+
+    @property
+    def active(self) -> int:
+        return len(self._flows)
+
+    # -- the model ----------------------------------------------------------------------------------
+    def _admit(self, flow: Flow) -> None:
+        flow.start = self.env.now
+        if flow.size <= 0 or not flow.links:
+            self._finish([flow])
+            return
+        self._advance()
+        self._flows.append(flow)
+        self._allocate()
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    def _run(self):
+        """The network's one process: sleep until the next completion or until a flow is admitted."""
+        while True:
+            if not self._flows:
+                yield self._wake
+                self._wake = self.env.event()
+                continue
+            delay = max(0.0, min(f.remaining / f.rate for f in self._flows))
+            yield self.env.timeout(delay) | self._wake
+            if self._wake.triggered:  # a flow joined: rates changed, compute the next completion anew
+                self._wake = self.env.event()
+                continue
+            self._advance()
+            finished = [f for f in self._flows if f.remaining <= 1e-9 * f.size]
+            self._flows = [f for f in self._flows if f.remaining > 1e-9 * f.size]
+            self._allocate()
+            self._finish(finished)
+
+    def _advance(self) -> None:
+        """Move every active flow forward to now at its current rate; accumulate link busy time."""
+        dt = self.env.now - self._last
+        self._last = self.env.now
+        if dt <= 0:
+            return
+        for f in self._flows:
+            f.remaining -= f.rate * dt
+        for link in self._busy_links:
+            self.link_busy_s[link] += dt
+
+    def _allocate(self) -> None:
+        """Max-min fair rates by progressive filling over every link of every route and each flow's cap."""
+        users: dict[Link, list[Flow]] = defaultdict(list)
+        for f in self._flows:
+            for link in f.links:
+                users[link].append(f)
+        spare = {link: link.capacity for link in users}
+        count = {link: len(fs) for link, fs in users.items()}
+        unfrozen = dict.fromkeys(self._flows)
+        while unfrozen:
+            link = min((l for l in count if count[l]), key=lambda l: spare[l] / count[l])
+            share = max(0.0, spare[link] / count[link])
+            capped = min(unfrozen, key=lambda f: f.cap)
+            if capped.cap < share:
+                frozen, rate = [capped], capped.cap
+            else:
+                frozen, rate = [f for f in users[link] if f in unfrozen], share
+            for f in frozen:
+                f.rate = rate
+                del unfrozen[f]
+                for l in f.links:
+                    spare[l] -= rate
+                    count[l] -= 1
+        self._busy_links = set(users)
+
+    def _finish(self, flows: list[Flow]) -> None:
+        for f in flows:
+            f.end = self.env.now
+            f.remaining = 0.0
+            for link in f.links:
+                self.link_bytes[link] += f.size
+            self.completed.append(f)
+            f.done.succeed(f)

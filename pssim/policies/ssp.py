@@ -1,0 +1,37 @@
+"""SSP: stale synchronous parallel (Ho et al., NIPS'13)."""
+
+from __future__ import annotations
+
+from pssim.policies.asynchronous import Asynchronous
+from pssim.policies.base import register
+
+
+@register("ssp")
+class StaleSynchronous(Asynchronous):
+    """ASP's servers plus a clock gate: a worker at clock c waits while c - min_clock > s.
+
+    A worker's clock is the number of its gradients the servers have applied. After its push the
+    worker ticks, waits at the gate, then pulls, so its next gradient is computed on a model holding
+    every update of clocks < c - s (and possibly more). s=0 is BSP; s=infinity is ASP.
+    """
+
+    def __init__(self, sim):
+        super().__init__(sim)
+        self.staleness = self.cfg.staleness
+        self.clocks = [0] * self.n
+        self._waiting: list[tuple[int, object]] = []
+
+    def before_pull(self, w, next_clock: int):
+        self.clocks[w.index] = next_clock
+        self._release()
+        if next_clock - min(self.clocks) > self.staleness:
+            gate = self.env.event()
+            self._waiting.append((next_clock - self.staleness, gate))
+            yield gate
+
+    def _release(self) -> None:
+        slowest = min(self.clocks)
+        ready = [g for need, g in self._waiting if need <= slowest]
+        self._waiting = [(need, g) for need, g in self._waiting if need > slowest]
+        for gate in ready:
+            gate.succeed()

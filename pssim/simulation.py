@@ -1,0 +1,116 @@
+"""Assembles one run from a Config: clock, network, servers, workers, workload and policy, then runs it."""
+
+from __future__ import annotations
+
+import time
+
+import simpy
+import torch
+from tqdm import tqdm
+
+from pssim.cluster.device import DEVICES
+from pssim.cluster.stragglers import make_stragglers
+from pssim.cluster.worker import StepRecord, Worker
+from pssim.comm.ps import ParameterServers, shard_ranges
+from pssim.comm.server import ServerShard
+from pssim.config import Config
+from pssim.network.flows import FlowNetwork
+from pssim.network.topology import star
+from pssim.network.transport import Transport
+from pssim.policies import make_policy
+from pssim.seeding import Streams
+from pssim.workload.optimizer import SGD
+from pssim.workload.workload import Workload
+
+
+class CountingEnvironment(simpy.Environment):
+    """A SimPy environment that counts the events it processes (reported as `events`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = 0
+
+    def step(self) -> None:
+        self.events += 1
+        super().step()
+
+
+class Simulation:
+    """One run. Build it from a validated Config, call `run()`, then read its records."""
+
+    def __init__(self, config: Config, record_params: bool = False, progress: bool | None = None):
+        self.config = config
+        c = config
+        self.env = CountingEnvironment()
+        self.streams = Streams(c.seed)
+        torch.manual_seed(self.streams.torch_seed("torch/global"))
+        self.workload = Workload(c.workload, c.cluster.workers, c.train.batch_size, self.streams)
+        self.transport = Transport.from_config(c.network)
+
+        worker_hosts = [f"worker{i}" for i in range(c.cluster.workers)]
+        server_hosts = [f"server{j}" for j in range(c.cluster.servers)]
+        self.topology = star(worker_hosts + server_hosts, self.transport)
+        self.network = FlowNetwork(self.env, self.topology)
+
+        numerics = c.train.numerics
+        self.params = self.workload.init_params() if numerics else None  # the servers' model
+        self.initial_params = self.params.clone() if numerics else None
+        optimizer = SGD(c.train.lr, c.train.momentum, c.train.weight_decay)
+        shards = [ServerShard(self.env, j, host, lo, hi, self.params, optimizer)
+                  for j, (host, (lo, hi)) in enumerate(
+                      zip(server_hosts, shard_ranges(self.workload.n_params, c.cluster.servers)))]
+        transport_cpu = self.transport.cpu_s_per_byte
+        self.ps = ParameterServers(self.env, self.network, shards,
+                                   receive_cpu_s_per_byte=transport_cpu + c.cluster.aggregation_ns_per_byte * 1e-9,
+                                   send_cpu_s_per_byte=transport_cpu, on_version=self._on_version)
+
+        devices = list(c.cluster.worker_devices) or [c.cluster.device] * c.cluster.workers
+        stragglers = make_stragglers(c.stragglers, c.cluster.workers, self.streams)
+        self.workers = [Worker(self, i, host, DEVICES[devices[i]], stragglers[i])
+                        for i, host in enumerate(worker_hosts)]
+        self.policy = make_policy(c.policy.name, self)
+
+        self.steps: list[StepRecord] = []
+        self.evals: list[tuple[int, float, float, float]] = []
+        self.param_history: list[torch.Tensor] | None = [] if record_params and numerics else None
+        self.global_step = 0
+        self.sim_time = 0.0
+        self.wall_s = 0.0
+        self._done = self.env.event()
+        show = c.output.progress if progress is None else progress
+        self._bar = tqdm(total=c.train.steps, unit="step", desc=c.policy.name, delay=2.0,
+                         disable=not show, leave=False)
+
+    def run(self) -> "Simulation":
+        start = time.perf_counter()
+        self._evaluate()
+        if self.param_history is not None:
+            self.param_history.append(self.params.clone())
+        self.policy.start()
+        self.env.run(until=self._done)
+        self.sim_time = self.env.now
+        if self.evals and self.evals[-1][0] != self.global_step:
+            self._evaluate()
+        self._bar.close()
+        self.wall_s = time.perf_counter() - start
+        return self
+
+    def _on_version(self) -> None:
+        """Called after every shard update: the global step is the oldest shard's version."""
+        step = min(s.version for s in self.ps.shards)
+        if step <= self.global_step or self._done.triggered:
+            return
+        self._bar.update(step - self.global_step)
+        self.global_step = step
+        if self.param_history is not None:
+            self.param_history.append(self.params.clone())
+        if step % self.config.eval.every == 0:
+            self._evaluate()
+        if step >= self.config.train.steps:
+            self._done.succeed()
+
+    def _evaluate(self) -> None:
+        if self.params is None:
+            return
+        loss, accuracy = self.workload.evaluate(self.params)
+        self.evals.append((self.global_step, self.env.now, loss, accuracy))

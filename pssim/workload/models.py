@@ -1,0 +1,82 @@
+"""Models as a flat parameter vector plus a forward function, so servers can shard by byte ranges.
+
+A model is a list of named tensors (in forward order) laid out back to back in one flat vector; the
+forward pass views slices of that vector. The same layout gives the per-tensor sizes and FLOPs that
+timing needs, and backward order is simply the reverse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    # Multiply-accumulates this tensor costs per sample in the forward pass.
+    macs: int
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+
+class Model:
+    """Dense layers (weight, bias) with ReLU between them; no hidden layer is softmax regression."""
+
+    def __init__(self, name: str, widths: list[int]):
+        self.name = name
+        self.widths = list(widths)
+        specs = []
+        for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
+            specs.append(TensorSpec(f"layer{i}.weight", (fan_in, fan_out), fan_in * fan_out))
+            specs.append(TensorSpec(f"layer{i}.bias", (fan_out,), fan_out))
+        self.tensors = specs
+        self.offsets = np.cumsum([0] + [t.numel for t in specs]).tolist()
+        self.n_params = self.offsets[-1]
+
+    @property
+    def train_flops_per_sample(self) -> float:
+        """Forward is 2 FLOPs per MAC; backward costs twice the forward: 6 FLOPs per MAC in all."""
+        return 6.0 * sum(t.macs for t in self.tensors)
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [flat[a:b].view(t.shape) for t, a, b in zip(self.tensors, self.offsets, self.offsets[1:])]
+
+    def forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        params = self.views(flat)
+        layers = len(params) // 2
+        h = x
+        for i in range(layers):
+            h = h @ params[2 * i] + params[2 * i + 1]
+            if i < layers - 1:
+                h = F.relu(h)
+        return h
+
+    def init(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """He-uniform weights, zero biases, as one flat vector."""
+        parts = []
+        for t in self.tensors:
+            if len(t.shape) == 2:
+                bound = float(np.sqrt(6.0 / t.shape[0]))
+                parts.append((torch.rand(t.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound)
+            else:
+                parts.append(torch.zeros(t.shape, dtype=torch.float64))
+        return torch.cat([p.reshape(-1) for p in parts]).to(dtype)
+
+
+def softmax(features: int, classes: int, hidden: list[int]) -> Model:
+    """Multinomial logistic regression: one dense layer (the `hidden` widths are ignored)."""
+    return Model("softmax", [features, classes])
+
+
+def mlp(features: int, classes: int, hidden: list[int]) -> Model:
+    return Model("mlp", [features, *hidden, classes])
+
+
+MODELS = {"softmax": softmax, "mlp": mlp}

@@ -1,0 +1,86 @@
+"""A workload ties the model, the data and each worker's shard into gradients and evaluations.
+
+Worker w reads only its own shard: a contiguous block of a seeded permutation of the training set,
+visited in a fresh seeded order every epoch. `batch_indices(w, step)` is a pure function of
+(seed, workers, batch size, w, step), so tests can rebuild exactly the samples a worker used.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pssim.seeding import Streams
+from pssim.workload.data import DATASETS
+from pssim.workload.models import MODELS
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+WIRE_BYTES_PER_PARAM = 4  # gradients and parameters travel as fp32
+
+
+class Workload:
+    """Real gradients of a real model on generated data, plus the sizes and FLOPs timing needs."""
+
+    def __init__(self, cfg, workers: int, batch_size: int, streams: Streams):
+        self.dtype = DTYPES[cfg.dtype]
+        self.model = MODELS[cfg.name](cfg.features, cfg.classes, list(cfg.hidden))
+        self.data = DATASETS[cfg.dataset](
+            streams.generator("data/generate"), cfg.features, cfg.classes, cfg.train_samples,
+            cfg.eval_samples, self.dtype, separation=cfg.separation)
+        self.workers = workers
+        self.batch_size = batch_size
+        self._streams = streams
+        shard = cfg.train_samples // workers
+        order = streams.generator("data/partition").permutation(cfg.train_samples)
+        self.shards = [order[w * shard:(w + 1) * shard] for w in range(workers)]
+        self.batches_per_epoch = shard // batch_size
+        self._epoch_order = lru_cache(maxsize=4 * workers)(self._epoch_order_uncached)
+        self._init_seed = streams.torch_seed("model/init")
+
+    # -- sizes and costs ----------------------------------------------------------------------------
+    @property
+    def n_params(self) -> int:
+        return self.model.n_params
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole model (or of one full gradient) on the wire."""
+        return self.n_params * WIRE_BYTES_PER_PARAM
+
+    def batch_flops(self) -> float:
+        return self.model.train_flops_per_sample * self.batch_size
+
+    # -- numerics -----------------------------------------------------------------------------------
+    def init_params(self) -> torch.Tensor:
+        return self.model.init(torch.Generator().manual_seed(self._init_seed), self.dtype)
+
+    def batch_indices(self, worker: int, step: int) -> np.ndarray:
+        """The training-set rows worker `worker` uses for its `step`-th gradient."""
+        epoch, i = divmod(step, self.batches_per_epoch)
+        order = self._epoch_order(worker, epoch)
+        return order[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def _epoch_order_uncached(self, worker: int, epoch: int) -> np.ndarray:
+        rng = self._streams.generator(f"data/order/{worker}/{epoch}")
+        return self.shards[worker][rng.permutation(len(self.shards[worker]))]
+
+    def loss(self, params: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        idx = torch.as_tensor(rows)
+        return F.cross_entropy(self.model.forward(params, self.data.x_train[idx]), self.data.y_train[idx])
+
+    def gradient(self, params: torch.Tensor, worker: int, step: int) -> torch.Tensor:
+        """The mean cross-entropy gradient of worker's `step`-th batch at exactly `params`."""
+        p = params.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.loss(p, self.batch_indices(worker, step)), p)
+        return grad
+
+    @torch.no_grad()
+    def evaluate(self, params: torch.Tensor) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy on the held-out set."""
+        logits = self.model.forward(params, self.data.x_eval)
+        loss = F.cross_entropy(logits, self.data.y_eval).item()
+        accuracy = (logits.argmax(dim=1) == self.data.y_eval).double().mean().item()
+        return loss, accuracy
