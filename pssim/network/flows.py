@@ -10,6 +10,7 @@ no per-packet events).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -73,8 +74,9 @@ class FlowNetwork:
         return sum(l.transport.hop_latency_s for l in links) + max(l.transport.latency_s for l in links)
 
     @property
-    def active(self) -> int:
-        return len(self._flows)
+    def active(self) -> list[Flow]:
+        """The flows moving bytes now (their `rate` is the current max-min fair share)."""
+        return list(self._flows)
 
     # -- the model ----------------------------------------------------------------------------------
     def _admit(self, flow: Flow) -> None:
@@ -101,8 +103,11 @@ class FlowNetwork:
                 self._wake = self.env.event()
                 continue
             self._advance()
-            finished = [f for f in self._flows if f.remaining <= 1e-9 * f.size]
-            self._flows = [f for f in self._flows if f.remaining > 1e-9 * f.size]
+            # Done: flows within a float rounding of their end (a sub-picosecond remainder, or one so
+            # small that now + remaining/rate == now, which would otherwise spin forever).
+            horizon = max(1e-12, 4 * math.ulp(self.env.now))
+            finished = [f for f in self._flows if f.remaining <= f.rate * horizon]
+            self._flows = [f for f in self._flows if f.remaining > f.rate * horizon]
             self._allocate()
             self._finish(finished)
 

@@ -15,9 +15,9 @@ import networkx as nx
 from pssim.network.transport import Transport
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Link:
-    """One direction of a physical link."""
+    """One direction of a physical link (compared and hashed by identity: the topology owns each one)."""
 
     src: str
     dst: str
