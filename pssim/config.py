@@ -25,6 +25,12 @@ class ClusterConfig:
 
     workers: int = 4
     servers: int = 1
+    # GPUs per machine; machines = workers / gpus_per_machine, joined inside by the `intra` fabric.
+    gpus_per_machine: int = 1
+    # CPU-only machines (BytePS runs a summation service on each).
+    cpu_machines: int = 0
+    # NICs per machine, bonded into one link of nics x bandwidth.
+    nics_per_machine: int = 1
     device: str = "v100"
     # One device name per worker for a heterogeneous cluster; empty means every worker uses `device`.
     worker_devices: list[str] = field(default_factory=list)
@@ -50,6 +56,32 @@ class NetworkConfig:
     flow_cap_gbps: float = 0.0
     # CPU time per byte at each end (TCP copies and checksums; zero for kernel-bypass RDMA).
     cpu_ns_per_byte: float = 0.25
+    # Spray each message over every equal-cost path (AWS EFA's SRD) instead of one ECMP-hashed path.
+    multipath: bool = False
+
+
+def _nvlink() -> "NetworkConfig":
+    return NetworkConfig(name="nvlink", transport="nvlink", bandwidth_gbps=1200.0, efficiency=0.8,
+                         latency_us=2.0, hop_latency_us=0.0, flow_cap_gbps=0.0, cpu_ns_per_byte=0.0)
+
+
+@dataclass
+class TopologyConfig:
+    """How the machines' NICs are wired: one switch, or racks under spine switches."""
+
+    name: str = "star"
+    # two_tier / leaf_spine: machines per rack (top-of-rack switch) and spine switches.
+    hosts_per_rack: int = 4
+    spines: int = 1
+    # Rack downlink bandwidth over uplink bandwidth (1: non-blocking).
+    oversubscription: float = 1.0
+
+
+@dataclass
+class ProfileConfig:
+    """Timing profile: whose tensor sizes and FLOPs set time and bytes (`model`: the numerics model's own)."""
+
+    name: str = "model"
 
 
 @dataclass
@@ -113,6 +145,14 @@ class PolicyConfig:
     staleness: int = 3
     # async, ssp: each applied gradient is scaled by 1/workers ("mean") or not ("sum").
     gradient_scale: str = "mean"
+    # allreduce, herring: gradients are grouped into fusion buffers of this many bytes (backward order).
+    fusion_bytes: int = 64 * 1024 * 1024
+    # allreduce: reduce inside the machine, ring across machines, broadcast inside.
+    hierarchical: bool = False
+    # byteps: tensors are cut into partitions of this many bytes, one key each.
+    partition_bytes: int = 4_096_000
+    # byteps: at most credit partitions of push bytes in flight per machine.
+    credit: int = 4
 
 
 @dataclass
@@ -128,6 +168,9 @@ class Config:
     seed: int = 0
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    intra: NetworkConfig = field(default_factory=_nvlink)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     stragglers: StragglerConfig = field(default_factory=StragglerConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -169,6 +212,7 @@ def validate(c: Config) -> None:
     from pssim.policies import registered
     from pssim.workload.data import DATASETS
     from pssim.workload.models import MODELS
+    from pssim.workload.profiles import PROFILES
 
     _require(c.cluster.workers >= 1, "cluster.workers", c.cluster.workers, "must be >= 1")
     _require(c.cluster.servers >= 1, "cluster.servers", c.cluster.servers, "must be >= 1")
@@ -182,17 +226,26 @@ def validate(c: Config) -> None:
         f"give one device per worker ({c.cluster.workers}) or none",
     )
     _one_of("cluster.precision", c.cluster.precision, ("fp32", "fp16"))
+    gpm = c.cluster.gpus_per_machine
+    _require(gpm >= 1, "cluster.gpus_per_machine", gpm, "must be >= 1")
+    _require(c.cluster.workers % gpm == 0, "cluster.gpus_per_machine", gpm,
+             f"must divide cluster.workers={c.cluster.workers} (machines = workers / gpus_per_machine)")
+    _require(c.cluster.cpu_machines >= 0, "cluster.cpu_machines", c.cluster.cpu_machines, "must be >= 0")
+    _require(c.cluster.nics_per_machine >= 1, "cluster.nics_per_machine", c.cluster.nics_per_machine,
+             "must be >= 1")
     _require(c.cluster.aggregation_ns_per_byte >= 0, "cluster.aggregation_ns_per_byte",
              c.cluster.aggregation_ns_per_byte, "must be >= 0")
 
-    n = c.network
-    _one_of("network.transport", n.transport, ("tcp", "rdma"))
-    _require(n.bandwidth_gbps > 0, "network.bandwidth_gbps", n.bandwidth_gbps, "must be > 0")
-    _require(0 < n.efficiency <= 1, "network.efficiency", n.efficiency, "must be in (0, 1]")
-    _require(n.latency_us >= 0, "network.latency_us", n.latency_us, "must be >= 0")
-    _require(n.hop_latency_us >= 0, "network.hop_latency_us", n.hop_latency_us, "must be >= 0")
-    _require(n.flow_cap_gbps >= 0, "network.flow_cap_gbps", n.flow_cap_gbps, "must be >= 0 (0: no cap)")
-    _require(n.cpu_ns_per_byte >= 0, "network.cpu_ns_per_byte", n.cpu_ns_per_byte, "must be >= 0")
+    _validate_transport("network", c.network, ("tcp", "rdma", "efa"))
+    _validate_transport("intra", c.intra, ("nvlink", "pcie"))
+
+    topo = c.topology
+    _one_of("topology.name", topo.name, ("star", "two_tier", "leaf_spine"))
+    _require(topo.hosts_per_rack >= 1, "topology.hosts_per_rack", topo.hosts_per_rack, "must be >= 1")
+    _require(topo.spines >= 1, "topology.spines", topo.spines, "must be >= 1")
+    _require(topo.oversubscription >= 1, "topology.oversubscription", topo.oversubscription,
+             "must be >= 1 (1: non-blocking)")
+    _one_of("profile.name", c.profile.name, tuple(PROFILES))
 
     s = c.stragglers
     _one_of("stragglers.model", s.model, tuple(STRAGGLER_MODELS))
@@ -233,3 +286,16 @@ def validate(c: Config) -> None:
     _one_of("policy.name", p.name, registered())
     _require(p.staleness >= 0, "policy.staleness", p.staleness, "must be >= 0")
     _one_of("policy.gradient_scale", p.gradient_scale, ("mean", "sum"))
+    _require(p.fusion_bytes >= 1, "policy.fusion_bytes", p.fusion_bytes, "must be >= 1")
+    _require(p.partition_bytes >= 1, "policy.partition_bytes", p.partition_bytes, "must be >= 1")
+    _require(p.credit >= 1, "policy.credit", p.credit, "must be >= 1")
+
+
+def _validate_transport(group: str, n: NetworkConfig, kinds: tuple[str, ...]) -> None:
+    _one_of(f"{group}.transport", n.transport, kinds)
+    _require(n.bandwidth_gbps > 0, f"{group}.bandwidth_gbps", n.bandwidth_gbps, "must be > 0")
+    _require(0 < n.efficiency <= 1, f"{group}.efficiency", n.efficiency, "must be in (0, 1]")
+    _require(n.latency_us >= 0, f"{group}.latency_us", n.latency_us, "must be >= 0")
+    _require(n.hop_latency_us >= 0, f"{group}.hop_latency_us", n.hop_latency_us, "must be >= 0")
+    _require(n.flow_cap_gbps >= 0, f"{group}.flow_cap_gbps", n.flow_cap_gbps, "must be >= 0 (0: no cap)")
+    _require(n.cpu_ns_per_byte >= 0, f"{group}.cpu_ns_per_byte", n.cpu_ns_per_byte, "must be >= 0")

@@ -11,13 +11,13 @@ from tqdm import tqdm
 from pssim.cluster.device import DEVICES
 from pssim.cluster.stragglers import make_stragglers
 from pssim.cluster.worker import StepRecord, Worker
+from pssim.cluster.layout import Layout
 from pssim.comm.ps import ParameterServers, shard_ranges
-from pssim.comm.server import ServerShard
+from pssim.comm.server import Cpu, ServerShard
 from pssim.config import Config
 from pssim.network.flows import FlowNetwork
-from pssim.network.topology import star
 from pssim.network.transport import Transport
-from pssim.policies import make_policy
+from pssim.policies import POLICIES
 from pssim.seeding import Streams
 from pssim.workload.optimizer import SGD
 from pssim.workload.workload import Workload
@@ -44,31 +44,28 @@ class Simulation:
         self.env = CountingEnvironment()
         self.streams = Streams(c.seed)
         torch.manual_seed(self.streams.torch_seed("torch/global"))
-        self.workload = Workload(c.workload, c.cluster.workers, c.train.batch_size, self.streams)
-        self.transport = Transport.from_config(c.network)
-
-        worker_hosts = [f"worker{i}" for i in range(c.cluster.workers)]
-        server_hosts = [f"server{j}" for j in range(c.cluster.servers)]
-        self.topology = star(worker_hosts + server_hosts, self.transport)
+        self.workload = Workload(c.workload, c.cluster.workers, c.train.batch_size, self.streams,
+                                 profile=c.profile.name)
+        self.transport = Transport.from_config(c.network).bonded(c.cluster.nics_per_machine)
+        policy_cls = POLICIES[c.policy.name]
+        self.layout = Layout.build(c.cluster.workers, c.cluster.gpus_per_machine, c.cluster.cpu_machines,
+                                   c.cluster.servers if policy_cls.uses_servers else 0)
+        self.topology = self.layout.topology(c.topology, self.transport, Transport.from_config(c.intra))
         self.network = FlowNetwork(self.env, self.topology)
 
         numerics = c.train.numerics
-        self.params = self.workload.init_params() if numerics else None  # the servers' model
+        self.params = self.workload.init_params() if numerics else None  # the model being trained
         self.initial_params = self.params.clone() if numerics else None
-        optimizer = SGD(c.train.lr, c.train.momentum, c.train.weight_decay)
-        shards = [ServerShard(self.env, j, host, lo, hi, self.params, optimizer)
-                  for j, (host, (lo, hi)) in enumerate(
-                      zip(server_hosts, shard_ranges(self.workload.n_params, c.cluster.servers)))]
-        transport_cpu = self.transport.cpu_s_per_byte
-        self.ps = ParameterServers(self.env, self.network, shards,
-                                   receive_cpu_s_per_byte=transport_cpu + c.cluster.aggregation_ns_per_byte * 1e-9,
-                                   send_cpu_s_per_byte=transport_cpu, on_version=self._on_version)
+        self.optimizer = SGD(c.train.lr, c.train.momentum, c.train.weight_decay)
+        self._momentum = torch.zeros_like(self.params) if numerics else None  # replicated-model policies
+        self.cpus: list[Cpu] = []  # every server CPU, for the trace
+        self.ps = self._parameter_servers() if policy_cls.uses_servers else None
 
         devices = list(c.cluster.worker_devices) or [c.cluster.device] * c.cluster.workers
         stragglers = make_stragglers(c.stragglers, c.cluster.workers, self.streams)
         self.workers = [Worker(self, i, host, DEVICES[devices[i]], stragglers[i])
-                        for i, host in enumerate(worker_hosts)]
-        self.policy = make_policy(c.policy.name, self)
+                        for i, host in enumerate(self.layout.gpus)]
+        self.policy = policy_cls(self)
 
         self.steps: list[StepRecord] = []
         self.evals: list[tuple[int, float, float, float]] = []
@@ -95,9 +92,29 @@ class Simulation:
         self.wall_s = time.perf_counter() - start
         return self
 
-    def _on_version(self) -> None:
-        """Called after every shard update: the global step is the oldest shard's version."""
-        step = min(s.version for s in self.ps.shards)
+    def _parameter_servers(self) -> ParameterServers:
+        """cluster.servers shards on their own hosts, each owning an equal byte range of the model."""
+        c = self.config
+        shards = []
+        ranges = shard_ranges(self.workload.n_params, c.cluster.servers)
+        for j, (host, (lo, hi)) in enumerate(zip(self.layout.servers, ranges)):
+            shards.append(ServerShard(self.env, j, host, lo, hi, self.workload.wire_bytes(lo, hi),
+                                      self.params, self.optimizer))
+        self.cpus += [s.cpu for s in shards]
+        transport_cpu = self.transport.cpu_s_per_byte
+        return ParameterServers(
+            self.env, self.network, shards,
+            receive_cpu_s_per_byte=transport_cpu + c.cluster.aggregation_ns_per_byte * 1e-9,
+            send_cpu_s_per_byte=transport_cpu,
+            on_version=lambda: self.progress(min(s.version for s in shards)))
+
+    def apply_update(self, grad: torch.Tensor | None) -> None:
+        """One optimizer step on the replicated model (policies whose workers run the optimizer)."""
+        if self.params is not None and grad is not None:
+            self.optimizer.step(self.params, grad, self._momentum)
+
+    def progress(self, step: int) -> None:
+        """The global step reached `step`: evaluate on schedule and stop the clock at train.steps."""
         if step <= self.global_step or self._done.triggered:
             return
         self._bar.update(step - self.global_step)

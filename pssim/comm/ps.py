@@ -64,7 +64,7 @@ class ParameterServers:
 
     def _push_shard(self, worker, shard: ServerShard, grad, on_arrival: Callable):
         yield self.network.send(worker.host, shard.host, shard.nbytes, f"push w{worker.index}")
-        yield from shard.work(shard.nbytes * self.receive_cpu, f"recv w{worker.index}")
+        yield from shard.cpu.work(shard.nbytes * self.receive_cpu, f"recv w{worker.index}")
         return on_arrival(shard, worker, None if grad is None else grad[shard.lo:shard.hi])
 
     def pull(self, worker, min_version: int = 0):
@@ -82,7 +82,7 @@ class ParameterServers:
     def _pull_shard(self, worker, shard: ServerShard, min_version: int):
         yield self.network.send(worker.host, shard.host, 0, f"pull-req w{worker.index}")
         yield shard.reached(min_version)
-        yield from shard.work(shard.nbytes * self.send_cpu, f"send w{worker.index}")
+        yield from shard.cpu.work(shard.nbytes * self.send_cpu, f"send w{worker.index}")
         snapshot, version = shard.snapshot(), shard.version
         yield self.network.send(shard.host, worker.host, shard.nbytes, f"pull w{worker.index}")
         return snapshot, version

@@ -6,7 +6,25 @@ import simpy
 import torch
 
 from pssim.workload.optimizer import SGD
-from pssim.workload.workload import WIRE_BYTES_PER_PARAM
+
+
+class Cpu:
+    """One CPU core of a host as a FIFO SimPy resource, with a log of its busy spans for the trace."""
+
+    def __init__(self, env: simpy.Environment, host: str):
+        self.env = env
+        self.host = host
+        self._core = simpy.Resource(env, capacity=1)
+        self.busy: list[tuple[float, float, str]] = []  # (start, end, what)
+
+    def work(self, seconds: float, what: str):
+        """Occupy the core for `seconds`, queued behind earlier work."""
+        with self._core.request() as turn:
+            yield turn
+            start = self.env.now
+            if seconds > 0:
+                yield self.env.timeout(seconds)
+            self.busy.append((start, self.env.now, what))
 
 
 class ServerShard:
@@ -16,32 +34,19 @@ class ServerShard:
     time in FIFO order, so a busy server delays both pushes and pulls, as a real one does.
     """
 
-    def __init__(self, env: simpy.Environment, index: int, host: str, lo: int, hi: int,
+    def __init__(self, env: simpy.Environment, index: int, host: str, lo: int, hi: int, nbytes: float,
                  params: torch.Tensor | None, optimizer: SGD):
         self.env = env
         self.index = index
         self.host = host
         self.lo, self.hi = lo, hi
+        self.nbytes = nbytes  # on the wire (the timing profile's share), not the numerics' size
         self.params = params[lo:hi] if params is not None else None  # a view into the global vector
         self.momentum = torch.zeros_like(self.params) if self.params is not None else None
         self.optimizer = optimizer
         self.version = 0
-        self.cpu = simpy.Resource(env, capacity=1)
-        self.busy: list[tuple[float, float, str]] = []  # (start, end, what) for the trace
+        self.cpu = Cpu(env, host)
         self._waiters: list[tuple[int, simpy.Event]] = []
-
-    @property
-    def nbytes(self) -> int:
-        return (self.hi - self.lo) * WIRE_BYTES_PER_PARAM
-
-    def work(self, seconds: float, what: str):
-        """Occupy this shard's CPU for `seconds` (queued behind earlier work)."""
-        with self.cpu.request() as turn:
-            yield turn
-            start = self.env.now
-            if seconds > 0:
-                yield self.env.timeout(seconds)
-            self.busy.append((start, self.env.now, what))
 
     def apply(self, grad: torch.Tensor | None, scale: float = 1.0) -> None:
         """One optimizer step with grad * scale (skipped in timing-only runs); the version advances."""

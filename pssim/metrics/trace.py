@@ -30,9 +30,10 @@ def chrome_trace(sim) -> dict:
         else:
             events.append(_span(1, r.worker, "communicate", r.comm_start, r.comm_end))
 
-    events += _names(2, "servers", [s.host for s in sim.ps.shards])
-    for s in sim.ps.shards:
-        events += [_span(2, s.index, what, a, b) for a, b, what in s.busy if b > a]
+    cpus = sim.cpus
+    events += _names(2, "servers", [cpu.host for cpu in cpus])
+    for i, cpu in enumerate(cpus):
+        events += [_span(2, i, what, a, b) for a, b, what in cpu.busy if b > a]
 
     links = sim.topology.links
     index = {link: i for i, link in enumerate(links)}

@@ -54,9 +54,19 @@ class FlowNetwork:
 
     # -- public -------------------------------------------------------------------------------------
     def send(self, src: str, dst: str, nbytes: float, tag: str = "") -> simpy.Event:
-        """Send `nbytes` from src to dst; the returned event fires (with the Flow) when the last byte lands."""
-        done = self.env.event()
+        """Send `nbytes` from src to dst; the returned event fires when the last byte lands.
+
+        A multipath transport (EFA's SRD) cuts the message into one equal subflow per equal-cost path.
+        """
         links = self.topology.route(src, dst) if src != dst else ()
+        if not any(l.transport.multipath for l in links):
+            return self._start(src, dst, nbytes, tag, links)
+        paths = self.topology.routes(src, dst)
+        parts = [self._start(src, dst, nbytes / len(paths), tag, path) for path in paths]
+        return parts[0] if len(parts) == 1 else self.env.all_of(parts)
+
+    def _start(self, src: str, dst: str, nbytes: float, tag: str, links: tuple[Link, ...]) -> simpy.Event:
+        done = self.env.event()
         flow = Flow(src, dst, float(nbytes), tag, links, min((l.transport.flow_cap for l in links),
                     default=float("inf")), done, submitted=self.env.now, remaining=float(nbytes))
         latency = self.latency(links)

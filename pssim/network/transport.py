@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 GBPS = 1e9 / 8  # bytes per second in one gigabit per second
 
@@ -20,6 +20,7 @@ class Transport:
         hop_latency_s: propagation and switching delay of one link.
         flow_cap: most bytes/s one flow reaches (a single TCP stream rarely fills a fast link); inf: no cap.
         cpu_s_per_byte: CPU time per byte at each end (zero for kernel bypass).
+        multipath: spread each message evenly over every equal-cost path (EFA's SRD).
     """
 
     name: str
@@ -30,6 +31,7 @@ class Transport:
     hop_latency_s: float
     flow_cap: float
     cpu_s_per_byte: float
+    multipath: bool = False
 
     @property
     def capacity(self) -> float:
@@ -48,4 +50,9 @@ class Transport:
             hop_latency_s=net.hop_latency_us * 1e-6,
             flow_cap=net.flow_cap_gbps * GBPS if net.flow_cap_gbps > 0 else float("inf"),
             cpu_s_per_byte=net.cpu_ns_per_byte * 1e-9,
+            multipath=net.multipath,
         )
+
+    def bonded(self, nics: int) -> "Transport":
+        """`nics` NICs bonded into one link of nics x the line rate."""
+        return self if nics == 1 else replace(self, bandwidth=self.bandwidth * nics)

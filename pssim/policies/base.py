@@ -25,16 +25,14 @@ def registered() -> list[str]:
     return sorted(POLICIES)
 
 
-def make_policy(name: str, sim) -> "Policy":
-    return POLICIES[name](sim)
-
-
 class Policy:
     """Base class: holds the run's handles and starts one process per worker."""
 
     name = ""
     # Gradients folded into one global model update (a BSP step folds all n; an ASP step one).
     gradients_per_update = 1
+    # Whether the run builds cluster.servers parameter-server shards on hosts of their own.
+    uses_servers = True
 
     def __init__(self, sim):
         self.sim = sim

@@ -16,17 +16,18 @@ import torch.nn.functional as F
 from pssim.seeding import Streams
 from pssim.workload.data import DATASETS
 from pssim.workload.models import MODELS
+from pssim.workload.profiles import make_profile
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-WIRE_BYTES_PER_PARAM = 4  # gradients and parameters travel as fp32
 
 
 class Workload:
     """Real gradients of a real model on generated data, plus the sizes and FLOPs timing needs."""
 
-    def __init__(self, cfg, workers: int, batch_size: int, streams: Streams):
+    def __init__(self, cfg, workers: int, batch_size: int, streams: Streams, profile: str = "model"):
         self.dtype = DTYPES[cfg.dtype]
         self.model = MODELS[cfg.name](cfg.features, cfg.classes, list(cfg.hidden))
+        self.profile = make_profile(profile, self.model)
         self.data = DATASETS[cfg.dataset](
             streams.generator("data/generate"), cfg.features, cfg.classes, cfg.train_samples,
             cfg.eval_samples, self.dtype, separation=cfg.separation)
@@ -47,11 +48,16 @@ class Workload:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the whole model (or of one full gradient) on the wire."""
-        return self.n_params * WIRE_BYTES_PER_PARAM
+        """Bytes of the whole model (or of one full gradient) on the wire, as the timing profile says."""
+        return self.profile.nbytes
 
     def batch_flops(self) -> float:
-        return self.model.train_flops_per_sample * self.batch_size
+        """Training FLOPs of one worker's batch, as the timing profile says."""
+        return self.profile.train_flops_per_sample * self.batch_size
+
+    def wire_bytes(self, lo: int, hi: int) -> float:
+        """Wire bytes of the numerics parameters [lo, hi): their share of the profile's bytes."""
+        return self.nbytes * (hi - lo) / self.n_params
 
     # -- numerics -----------------------------------------------------------------------------------
     def init_params(self) -> torch.Tensor:
