@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from pssim import policies, simulate
+from pssim.policies import POLICIES
 from conftest import fast
 
 CLUSTER = fast(cluster__workers=4, cluster__servers=2, train__steps=40, eval__every=10,
@@ -43,7 +44,9 @@ def test_policy_conformance(name):
     assert set(steps["worker"]) == set(range(cfg.cluster.workers))
     # Records are causally ordered and within the run.
     assert (steps["compute_start"] <= steps["compute_end"]).all()
-    assert (steps["compute_end"] <= steps["comm_start"]).all()
+    assert (steps["compute_end"] <= steps["comm_end"]).all()
+    # Communication may overlap the backward pass, but never starts before the step does.
+    assert (steps["compute_start"] <= steps["comm_start"]).all()
     assert (steps["comm_start"] <= steps["comm_end"]).all()
     assert (steps["comm_end"] <= s["sim_time_s"] + 1e-12).all()
     assert (steps["staleness"] >= 0).all()
@@ -67,7 +70,11 @@ def test_policy_conformance(name):
     # The trace has a track per worker, server and link.
     names = {(e["pid"], e["args"]["name"]) for e in result.trace["traceEvents"] if e["name"] == "thread_name"}
     assert {n for p, n in names if p == 1} == {f"worker{i}" for i in range(4)}
-    assert {n for p, n in names if p == 2} == {"server0", "server1"}
+    servers = {n for p, n in names if p == 2}
+    if POLICIES[name].uses_servers:
+        assert servers == {"server0", "server1"}
+    else:  # servers, if the system has any, run on the cluster's own machines
+        assert servers <= set(links["src"])
     assert len({n for p, n in names if p == 3}) == len(links)
 
 

@@ -45,14 +45,25 @@ class Worker:
         self.current: StepRecord | None = None
         self._ideal_s = device.step_time(sim.workload.batch_flops(), sim.config.cluster.precision)
 
+    def begin_step(self, step: int, version: int) -> StepRecord:
+        """Open the record of a step whose compute starts now."""
+        self.current = StepRecord(self.index, step, version, compute_start=self.env.now)
+        return self.current
+
+    def step_duration(self) -> float:
+        """This step's compute time: the device's time for the batch, slowed by the straggler draw."""
+        return self.straggler(self._ideal_s)
+
+    def gradient(self, params, step: int):
+        """The real gradient of batch `step` at exactly `params` (None in timing-only runs)."""
+        return None if params is None else self.sim.workload.gradient(params, self.index, step)
+
     def compute(self, params, step: int, version: int):
         """Spend this step's compute time, then return the gradient of batch `step` at `params`."""
-        self.current = StepRecord(self.index, step, version, compute_start=self.env.now)
-        yield self.env.timeout(self.straggler(self._ideal_s))
-        self.current.compute_end = self.env.now
-        if params is None:
-            return None
-        return self.sim.workload.gradient(params, self.index, step)
+        rec = self.begin_step(step, version)
+        yield self.env.timeout(self.step_duration())
+        rec.compute_end = self.env.now
+        return self.gradient(params, step)
 
     def finish_step(self, staleness: int = 0) -> None:
         rec = self.current

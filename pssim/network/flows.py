@@ -46,6 +46,8 @@ class FlowNetwork:
         self.link_bytes: dict[Link, float] = defaultdict(float)
         self.link_busy_s: dict[Link, float] = defaultdict(float)
         self.completed: list[Flow] = []
+        self.sent: dict[str, float] = defaultdict(float)  # bytes of completed messages, by source
+        self.received: dict[str, float] = defaultdict(float)  # and by destination
         self._flows: list[Flow] = []
         self._busy_links: set[Link] = set()
         self._last = env.now
@@ -95,22 +97,24 @@ class FlowNetwork:
             self._finish([flow])
             return
         self._advance()
+        flow.rate = 0.0
         self._flows.append(flow)
-        self._allocate()
-        if not self._wake.triggered:
+        if not self._wake.triggered:  # the network process reallocates once, after every flow of this instant
             self._wake.succeed()
 
     def _run(self):
         """The network's one process: sleep until the next completion or until a flow is admitted."""
         while True:
+            if self._wake.triggered:  # flows joined since the last look: share anew
+                self._wake = self.env.event()
+                self._advance()
+                self._allocate()
             if not self._flows:
                 yield self._wake
-                self._wake = self.env.event()
                 continue
             delay = max(0.0, min(f.remaining / f.rate for f in self._flows))
             yield self.env.timeout(delay) | self._wake
-            if self._wake.triggered:  # a flow joined: rates changed, compute the next completion anew
-                self._wake = self.env.event()
+            if self._wake.triggered:
                 continue
             self._advance()
             # Done: flows within a float rounding of their end (a sub-picosecond remainder, or one so
@@ -140,18 +144,21 @@ class FlowNetwork:
                 users[link].append(f)
         spare = {link: link.capacity for link in users}
         count = {link: len(fs) for link, fs in users.items()}
-        unfrozen = dict.fromkeys(self._flows)
-        while unfrozen:
+        capped = sorted((f for f in self._flows if f.cap != math.inf), key=lambda f: f.cap)
+        next_capped = 0
+        done: set[Flow] = set()
+        while len(done) < len(self._flows):
             link = min((l for l in count if count[l]), key=lambda l: spare[l] / count[l])
             share = max(0.0, spare[link] / count[link])
-            capped = min(unfrozen, key=lambda f: f.cap)
-            if capped.cap < share:
-                frozen, rate = [capped], capped.cap
+            while next_capped < len(capped) and capped[next_capped] in done:
+                next_capped += 1
+            if next_capped < len(capped) and capped[next_capped].cap < share:
+                frozen, rate = [capped[next_capped]], capped[next_capped].cap
             else:
-                frozen, rate = [f for f in users[link] if f in unfrozen], share
+                frozen, rate = [f for f in users[link] if f not in done], share
             for f in frozen:
                 f.rate = rate
-                del unfrozen[f]
+                done.add(f)
                 for l in f.links:
                     spare[l] -= rate
                     count[l] -= 1
@@ -163,5 +170,8 @@ class FlowNetwork:
             f.remaining = 0.0
             for link in f.links:
                 self.link_bytes[link] += f.size
+            if f.links:
+                self.sent[f.src] += f.size
+                self.received[f.dst] += f.size
             self.completed.append(f)
             f.done.succeed(f)

@@ -1,0 +1,71 @@
+"""Herring (Thangakrishnan et al., SC'20; the SageMaker data-parallel library)."""
+
+from __future__ import annotations
+
+from pssim.comm.collectives import broadcast_from_host, reduce_to_host
+from pssim.comm.fusion import fusion_buffers
+from pssim.comm.server import Cpu
+from pssim.policies.base import register
+from pssim.policies.replicated import ReplicatedDataParallel
+
+
+@register("herring")
+class Herring(ReplicatedDataParallel):
+    """Parameter servers on the CPUs of the GPU machines themselves, fed by balanced fusion buffers.
+
+    Gradients fill a buffer up to policy.fusion_bytes in backward order. Once a machine's GPUs all hold
+    a buffer they reduce it inside the machine (NVLink) into host memory; the host cuts it into N equal
+    parts for the N servers (one per machine) and sends part i to server i. Server i sums part i over
+    all N machines and returns the sum to every machine, which copies it back to its GPUs. Buffers are
+    reduced as soon as they are ready, overlapping the rest of the backward pass; with EFA the messages
+    spray over every path (network.multipath). Per machine, each direction carries 2(N-1)M/N bytes (the
+    ring's volume) in 2 hops instead of the ring's 2(N-1).
+    """
+
+    def __init__(self, sim):
+        super().__init__(sim)
+        self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes)
+        self.hosts = list(self.layout.machines)
+        self.servers = [Cpu(self.env, host) for host in self.hosts]
+        sim.cpus += self.servers
+        transport_cpu = sim.transport.cpu_s_per_byte
+        self.receive_cpu = transport_cpu + sim.config.cluster.aggregation_ns_per_byte * 1e-9
+        self.send_cpu = transport_cpu
+
+    def communicate(self, start, durations, records):
+        procs = [self.env.process(self.reduce_buffer(b, start, durations, records)) for b in self.buffers]
+        yield self.env.all_of(procs)
+
+    def reduce_buffer(self, buffer, start, durations, records):
+        n = len(self.hosts)
+        part = buffer.nbytes / n
+        pushed = [[self.env.event() for _ in range(n)] for _ in range(n)]  # [server][machine]
+        summed = [[self.env.event() for _ in range(n)] for _ in range(n)]  # [machine][server]
+        procs = [self.env.process(self._machine(m, buffer, part, start, durations, records, pushed, summed))
+                 for m in range(n)]
+        procs += [self.env.process(self._server(i, part, pushed[i], summed)) for i in range(n)]
+        yield self.env.all_of(procs)
+
+    def _machine(self, m, buffer, part, start, durations, records, pushed, summed):
+        local = self.layout.local_workers(m)
+        ready = self.ready_time(start, durations, local, buffer.ready)
+        if self.env.now < ready:
+            yield self.env.timeout(ready - self.env.now)
+        self.mark_comm_start(records, local)
+        host, gpus = self.hosts[m], self.machines[m]
+        yield from reduce_to_host(self.env, self.network, gpus, host, buffer.nbytes)
+        for i, server in enumerate(self.hosts):
+            self.network.send(host, server, part, "herring-push").callbacks.append(
+                lambda _e, ev=pushed[i][m]: ev.succeed())
+        yield self.env.all_of(summed[m])
+        yield from broadcast_from_host(self.env, self.network, gpus, host, buffer.nbytes)
+
+    def _server(self, i, part, arrivals, summed):
+        yield self.env.all_of(arrivals)
+        n = len(self.hosts)
+        cpu = self.servers[i]
+        yield from cpu.work(n * part * self.receive_cpu, "sum")
+        yield from cpu.work(n * part * self.send_cpu, "send")
+        for m, host in enumerate(self.hosts):
+            self.network.send(self.hosts[i], host, part, "herring-pull").callbacks.append(
+                lambda _e, ev=summed[m][i]: ev.succeed())
