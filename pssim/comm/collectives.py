@@ -1,21 +1,24 @@
 """Collectives over the flow network: ring all-reduce and its halves, inside and across machines.
 
-A ring step is synchronous: in each round every member sends one chunk to its successor, and the next
-round starts when all n chunks have landed. A ring all-reduce of M bytes over n members is 2(n-1)
-rounds of M/n bytes, so on a star of bandwidth B and per-message latency alpha it takes
-2(n-1)/n * M/B + 2(n-1) * alpha (REFERENCES.md, shared formulas).
+A ring phase of r rounds, in each of which every member sends one chunk to its successor, is
+pipelined as NCCL does: member i streams its r chunks to member i+1 as one flow that pays the
+per-message latency r times, and the phase ends when the last of these n flows lands. A ring thus
+runs at its slowest link's pace, and one flow per member (not one per round) keeps large rings cheap
+to simulate. A ring all-reduce of M bytes over n members is 2(n-1) rounds of M/n bytes, so on a star
+of bandwidth B and per-message latency alpha it takes 2(n-1)/n * M/B + 2(n-1) * alpha
+(REFERENCES.md, shared formulas).
 """
 
 from __future__ import annotations
 
 
 def ring_rounds(env, network, members: list[str], chunk: float, rounds: int, tag: str):
-    """`rounds` synchronous rounds in which member i sends `chunk` bytes to member i+1."""
+    """`rounds` ring rounds in which member i sends `chunk` bytes to member i+1, pipelined."""
     n = len(members)
-    if n < 2:
+    if n < 2 or rounds < 1:
         return
-    for _ in range(rounds):
-        yield env.all_of([network.send(members[i], members[(i + 1) % n], chunk, tag) for i in range(n)])
+    yield env.all_of([network.send(members[i], members[(i + 1) % n], rounds * chunk, tag, messages=rounds)
+                      for i in range(n)])
 
 
 def ring_allreduce(env, network, members: list[str], nbytes: float, tag: str = "allreduce"):

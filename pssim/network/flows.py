@@ -10,9 +10,11 @@ no per-packet events).
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 
 import simpy
 
@@ -48,30 +50,41 @@ class FlowNetwork:
         self.completed: list[Flow] = []
         self.sent: dict[str, float] = defaultdict(float)  # bytes of completed messages, by source
         self.received: dict[str, float] = defaultdict(float)  # and by destination
-        self._flows: list[Flow] = []
-        self._busy_links: set[Link] = set()
+        self._flows: dict[Flow, None] = {}  # active flows, in admission order
+        self._on_link: dict[Link, dict[Flow, None]] = {}  # the active flows on each busy link
+        self._changed: set[Link] = set()  # links whose flows changed since the last allocation
         self._last = env.now
         self._wake = env.event()
+        self._paths = lru_cache(maxsize=None)(self._paths_uncached)
         env.process(self._run())
 
     # -- public -------------------------------------------------------------------------------------
-    def send(self, src: str, dst: str, nbytes: float, tag: str = "") -> simpy.Event:
+    def send(self, src: str, dst: str, nbytes: float, tag: str = "", messages: int = 1) -> simpy.Event:
         """Send `nbytes` from src to dst; the returned event fires when the last byte lands.
 
-        A multipath transport (EFA's SRD) cuts the message into one equal subflow per equal-cost path.
+        `messages` > 1 sends the bytes as that many back-to-back messages (a pipelined ring phase):
+        one flow that pays the per-message latency `messages` times. A multipath transport (EFA's SRD)
+        cuts the message into one equal subflow per equal-cost path.
         """
-        links = self.topology.route(src, dst) if src != dst else ()
-        if not any(l.transport.multipath for l in links):
-            return self._start(src, dst, nbytes, tag, links)
-        paths = self.topology.routes(src, dst)
-        parts = [self._start(src, dst, nbytes / len(paths), tag, path) for path in paths]
-        return parts[0] if len(parts) == 1 else self.env.all_of(parts)
+        paths = self._paths(src, dst)
+        if len(paths) == 1:
+            return self._start(src, dst, nbytes, tag, paths[0], messages)
+        parts = [self._start(src, dst, nbytes / len(paths), tag, path, messages) for path in paths]
+        return self.env.all_of(parts)
 
-    def _start(self, src: str, dst: str, nbytes: float, tag: str, links: tuple[Link, ...]) -> simpy.Event:
+    def _paths_uncached(self, src: str, dst: str) -> tuple[tuple[tuple[Link, ...], float, float], ...]:
+        """(links, per-message latency, flow cap) of each path a message from src to dst uses."""
+        links = self.topology.route(src, dst) if src != dst else ()
+        paths = self.topology.routes(src, dst) if any(l.transport.multipath for l in links) else (links,)
+        return tuple((p, self.latency(p), min((l.transport.flow_cap for l in p), default=math.inf))
+                     for p in paths)
+
+    def _start(self, src: str, dst: str, nbytes: float, tag: str, path, messages: int) -> simpy.Event:
+        links, latency, cap = path
         done = self.env.event()
-        flow = Flow(src, dst, float(nbytes), tag, links, min((l.transport.flow_cap for l in links),
-                    default=float("inf")), done, submitted=self.env.now, remaining=float(nbytes))
-        latency = self.latency(links)
+        flow = Flow(src, dst, float(nbytes), tag, links, cap, done, submitted=self.env.now,
+                    remaining=float(nbytes))
+        latency *= messages
         if latency > 0:
             self.env.timeout(latency).callbacks.append(lambda _event: self._admit(flow))
         else:
@@ -98,7 +111,10 @@ class FlowNetwork:
             return
         self._advance()
         flow.rate = 0.0
-        self._flows.append(flow)
+        self._flows[flow] = None
+        for link in flow.links:
+            self._on_link.setdefault(link, {})[flow] = None
+        self._changed.update(flow.links)
         if not self._wake.triggered:  # the network process reallocates once, after every flow of this instant
             self._wake.succeed()
 
@@ -121,7 +137,13 @@ class FlowNetwork:
             # small that now + remaining/rate == now, which would otherwise spin forever).
             horizon = max(1e-12, 4 * math.ulp(self.env.now))
             finished = [f for f in self._flows if f.remaining <= f.rate * horizon]
-            self._flows = [f for f in self._flows if f.remaining > f.rate * horizon]
+            for f in finished:
+                del self._flows[f]
+                for link in f.links:
+                    del self._on_link[link][f]
+                    if not self._on_link[link]:
+                        del self._on_link[link]
+                self._changed.update(f.links)
             self._allocate()
             self._finish(finished)
 
@@ -133,36 +155,72 @@ class FlowNetwork:
             return
         for f in self._flows:
             f.remaining -= f.rate * dt
-        for link in self._busy_links:
+        for link in self._on_link:
             self.link_busy_s[link] += dt
 
+    def _affected(self) -> list[Flow]:
+        """The flows whose rates may change: every flow connected, through shared links, to a link
+        whose set of flows changed. Max-min sharing decomposes over such components, so the rest keep
+        their rates. Returned in admission order, so the arithmetic (and the result) is deterministic."""
+        component: set[Flow] = set()
+        seen = set(self._changed)
+        frontier = list(self._changed)
+        self._changed = set()
+        while frontier:
+            for f in self._on_link.get(frontier.pop(), ()):
+                if f not in component:
+                    component.add(f)
+                    for link in f.links:
+                        if link not in seen:
+                            seen.add(link)
+                            frontier.append(link)
+        if len(component) == len(self._flows):
+            return list(self._flows)
+        return [f for f in self._flows if f in component]
+
     def _allocate(self) -> None:
-        """Max-min fair rates by progressive filling over every link of every route and each flow's cap."""
+        """Max-min fair rates by progressive filling over every link of every route and each flow's cap.
+
+        Repeatedly take the tightest constraint, the link with the smallest equal share of its spare
+        capacity (a lazy heap: stale entries are skipped) or a flow's own cap if smaller, freeze its
+        flows at that rate and charge them to every link they cross.
+        """
+        flows = self._affected()
         users: dict[Link, list[Flow]] = defaultdict(list)
-        for f in self._flows:
+        for f in flows:
             for link in f.links:
                 users[link].append(f)
         spare = {link: link.capacity for link in users}
         count = {link: len(fs) for link, fs in users.items()}
-        capped = sorted((f for f in self._flows if f.cap != math.inf), key=lambda f: f.cap)
+        order = {link: i for i, link in enumerate(users)}  # tie-break: links are not comparable
+        heap = [(spare[l] / count[l], order[l], l) for l in users]
+        heapq.heapify(heap)
+        capped = sorted((f for f in flows if f.cap != math.inf), key=lambda f: f.cap)
         next_capped = 0
         done: set[Flow] = set()
-        while len(done) < len(self._flows):
-            link = min((l for l in count if count[l]), key=lambda l: spare[l] / count[l])
-            share = max(0.0, spare[link] / count[link])
+        while len(done) < len(flows):
+            share, _, link = heap[0]
+            if not count[link] or share != spare[link] / count[link]:
+                heapq.heappop(heap)  # stale: the link changed since this entry was pushed
+                continue
+            share = max(0.0, share)
             while next_capped < len(capped) and capped[next_capped] in done:
                 next_capped += 1
             if next_capped < len(capped) and capped[next_capped].cap < share:
                 frozen, rate = [capped[next_capped]], capped[next_capped].cap
             else:
                 frozen, rate = [f for f in users[link] if f not in done], share
+            touched = set()
             for f in frozen:
                 f.rate = rate
                 done.add(f)
                 for l in f.links:
                     spare[l] -= rate
                     count[l] -= 1
-        self._busy_links = set(users)
+                    touched.add(l)
+            for l in touched:
+                if count[l]:
+                    heapq.heappush(heap, (spare[l] / count[l], order[l], l))
 
     def _finish(self, flows: list[Flow]) -> None:
         for f in flows:

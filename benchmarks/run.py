@@ -1,0 +1,258 @@
+"""Wall-clock benchmark of the simulator: how fast it runs, and what it costs over plain torch.
+
+What: runs a few named scenarios through ``pssim.simulate`` and prints, per scenario, the best wall
+time of N repeats, the SimPy events processed, events per wall second, the global steps reached and
+the overhead against a FLOOR. It also times the default command line, ``python -m pssim``, end to end
+(interpreter start, imports, Hydra composition, the run and its output files).
+
+Why: the workers compute real torch gradients, so part of every run's wall time is unavoidable. The
+floor is that part: a plain loop that computes the same number of gradients on the same model, batch
+size and data (``Workload.gradient``) plus one SGD update each, with no simulation at all. The
+overhead ``wall / floor`` is then what the simulation itself costs (event dispatch, the flow
+network, records, tables). A timing-only scenario (``train.numerics=False``) computes no gradients,
+so its floor is zero and its overhead is printed as '-': it measures pure simulation speed.
+
+Usage:
+    python benchmarks/run.py                      # every scenario, best of 3, plus the CLI line
+    python benchmarks/run.py --scenario async16 --repeat 5
+    python benchmarks/run.py --json bench.json    # also write the results as JSON
+    python benchmarks/run.py --no-cli             # skip the end-to-end CLI timing
+
+The floor runs torch on one intra-op thread, as ``Simulation.run`` does: for these tiny kernels one
+thread is the fastest, and with two threads another busy process on a 2-core machine can slow each
+kernel tens of times over. Timings on a shared machine are noisy all the same: compare numbers from
+one invocation, not across days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+try:
+    import pssim
+except ImportError:  # not pip-installed: use the checkout this script lives in
+    sys.path.insert(0, str(ROOT))
+    import pssim
+
+import simpy
+import torch
+
+from pssim.seeding import Streams
+from pssim.workload.optimizer import SGD
+from pssim.workload.workload import Workload
+
+QUIET = {"output.progress": False, "output.trace": False}
+
+# name -> config overrides (dotted keys of pssim.config.Config). Each runs in a few seconds here.
+SCENARIOS: dict[str, dict] = {
+    "default": {},  # 4 workers, 1 server, sync, 200 steps
+    "async16": {"cluster.workers": 16, "policy.name": "async", "train.steps": 400},
+    "ssp16_stragglers": {"cluster.workers": 16, "policy.name": "ssp", "policy.staleness": 3,
+                         "stragglers.model": "exponential", "stragglers.mean_s": 0.001,
+                         "train.steps": 400},
+    "sync32_timing": {"cluster.workers": 32, "policy.name": "sync", "train.numerics": False,
+                      "train.steps": 200},
+    "sync8_servers4": {"cluster.workers": 8, "cluster.servers": 4, "train.steps": 200},
+}
+
+
+@dataclass
+class Row:
+    """One scenario's measurements (best of `repeats`)."""
+
+    scenario: str
+    wall_s: float  # the whole simulate() call: config, workload setup, the run, the tables
+    run_s: float  # the event loop alone (summary["wall_s"], measured inside Simulation.run)
+    events: int
+    events_per_s: float  # events / wall_s
+    global_steps: int
+    gradients: int  # gradients the floor computes (0 for a timing-only run)
+    floor_s: float
+    overhead: float | None  # wall_s / floor_s; None when the floor is zero
+    repeats: int
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+def best_of(repeats: int, fn):
+    """Call fn() `repeats` times; return (shortest wall seconds, that call's return value)."""
+    best = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = fn()
+        elapsed = time.perf_counter() - start
+        if best is None or elapsed < best[0]:
+            best = (elapsed, value)
+    return best
+
+
+def gradient_count(result) -> int:
+    """How many gradients the run computed and folded into the model.
+
+    BSP folds every worker's gradient into each global step; ASP/SSP fold one. The steps table
+    counts finished worker steps, which misses the last round still pulling when the run stops,
+    so take whichever is larger.
+    """
+    cfg = result.config
+    if not cfg.train.numerics:
+        return 0
+    per_step = cfg.cluster.workers if cfg.policy.name == "sync" else 1
+    return max(len(result.steps), result.summary["global_steps"] * per_step)
+
+
+def floor_loop(overrides: dict, gradients: int) -> float:
+    """Seconds for a plain torch loop: `gradients` x (Workload.gradient + one SGD step), no simulation.
+
+    Workers take turns (worker i % n, its step i // n), so the batches are the simulator's batches.
+    Building the workload (data generation) is not timed, only the loop, on one torch thread.
+    """
+    if gradients == 0:
+        return 0.0
+    cfg = pssim.to_config(**overrides)
+    workers = cfg.cluster.workers
+    wl = Workload(cfg.workload, workers, cfg.train.batch_size, Streams(cfg.seed))
+    params = wl.init_params()
+    momentum = torch.zeros_like(params)
+    sgd = SGD(cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as Simulation.run does
+    try:
+        start = time.perf_counter()
+        for i in range(gradients):
+            grad = wl.gradient(params, i % workers, i // workers)
+            sgd.step(params, grad, momentum)
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_scenario(name: str, repeats: int) -> Row:
+    overrides = {**SCENARIOS[name], **QUIET}
+    wall, result = best_of(repeats, lambda: pssim.simulate(**overrides))
+    gradients = gradient_count(result)
+    floor = min(floor_loop(overrides, gradients) for _ in range(repeats))
+    events = result.summary["events"]
+    return Row(
+        scenario=name,
+        wall_s=wall,
+        run_s=result.summary["wall_s"],
+        events=events,
+        events_per_s=events / wall,
+        global_steps=result.summary["global_steps"],
+        gradients=gradients,
+        floor_s=floor,
+        overhead=wall / floor if floor > 0 else None,
+        repeats=repeats,
+    )
+
+
+def time_cli(repeats: int) -> float:
+    """Best wall seconds of the default `python -m pssim`, a fresh interpreter each time.
+
+    The run directory goes to a temporary folder (not runs/), removed afterwards.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+
+    def once() -> None:
+        with tempfile.TemporaryDirectory(prefix="pssim-bench-") as tmp:
+            cmd = [sys.executable, "-m", "pssim", f"hydra.run.dir={tmp}/run"]
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+
+    wall, _ = best_of(repeats, once)
+    return wall
+
+
+# -- reporting ---------------------------------------------------------------------------------------
+COLUMNS = [  # (header, Row field, format)
+    ("scenario", "scenario", "{}"),
+    ("wall_s", "wall_s", "{:.3f}"),
+    ("run_s", "run_s", "{:.3f}"),
+    ("events", "events", "{:,}"),
+    ("events/s", "events_per_s", "{:,.0f}"),
+    ("global_steps", "global_steps", "{}"),
+    ("gradients", "gradients", "{}"),
+    ("floor_s", "floor_s", "{:.3f}"),
+    ("overhead", "overhead", "{:.2f}x"),
+]
+
+
+def format_table(rows: list[Row]) -> str:
+    """A plain-text table, one line per scenario."""
+    cells = [[h for h, _, _ in COLUMNS]]
+    for row in rows:
+        values = [getattr(row, field) for _, field, _ in COLUMNS]
+        cells.append(["-" if v is None else fmt.format(v) for v, (_, _, fmt) in zip(values, COLUMNS)])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    lines = []
+    for r in cells:  # the scenario name left-aligned, numbers right-aligned
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))))
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "simpy": simpy.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads_default": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), metavar="NAME",
+                        help=f"run only this scenario (repeatable); one of: {', '.join(SCENARIOS)}")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats per scenario; the best counts (3)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here as JSON")
+    parser.add_argument("--no-cli", action="store_true", help="skip timing `python -m pssim`")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    names = args.scenario or list(SCENARIOS)
+    info = machine()
+    print(f"pssim benchmark: best of {args.repeat}; python {info['python']}, torch {info['torch']}, "
+          f"simpy {info['simpy']}, {info['cpu_count']} CPUs")
+    rows = []
+    for name in names:
+        rows.append(run_scenario(name, args.repeat))
+        print(f"  done {name}", file=sys.stderr, flush=True)
+    print(format_table(rows))
+
+    cli_s = None
+    if not args.no_cli:
+        cli_s = time_cli(args.repeat)
+        print(f"\nCLI end to end (`python -m pssim`, defaults, best of {args.repeat}): {cli_s:.3f} s")
+
+    if args.json:
+        payload = {"machine": info, "scenarios": [asdict(r) for r in rows],
+                   "cli_default_wall_s": cli_s, "overrides": {n: SCENARIOS[n] for n in names}}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
