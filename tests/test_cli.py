@@ -91,3 +91,20 @@ def test_unknown_keys_and_options_are_refused_without_a_traceback(tmp_path, args
     proc = pssim(*args, f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("policy", ["byteps", "herring", "allreduce"])
+def test_a_64_gpu_comparison_runs_and_reports(tmp_path, policy):
+    proc = pssim(f"+policy={policy}", "cluster.workers=64", "cluster.gpus_per_machine=8", "cluster.cpu_machines=4",
+                 "profile=resnet50", "network=tcp_25g", "train.steps=3", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["policy"] == policy and summary["workers"] == 64 and summary["network"] == "tcp_25g"
+    assert summary["throughput_samples_per_s"] > 0
+    links = pd.read_parquet(tmp_path / "links.parquet")
+    assert set(links["src"]) >= {"machine0", "machine7", "machine7.gpu7"}
+
+
+def test_gpus_per_machine_must_divide_the_workers(tmp_path):
+    proc = pssim("cluster.workers=12", "cluster.gpus_per_machine=8", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and "cluster.gpus_per_machine" in proc.stderr and "Traceback" not in proc.stderr
