@@ -37,6 +37,8 @@ class ClusterConfig:
     precision: str = "fp32"
     # Server CPU time to add one byte of gradient into its aggregate (summation, memory traffic).
     aggregation_ns_per_byte: float = 0.1
+    # Cores of each BytePS / Herring summation service (a PS shard is one single-threaded process).
+    server_cores: int = 8
 
 
 @dataclass
@@ -230,6 +232,7 @@ def validate(c: Config) -> None:
     _require(gpm >= 1, "cluster.gpus_per_machine", gpm, "must be >= 1")
     _require(c.cluster.workers % gpm == 0, "cluster.gpus_per_machine", gpm,
              f"must divide cluster.workers={c.cluster.workers} (machines = workers / gpus_per_machine)")
+    _require(c.cluster.server_cores >= 1, "cluster.server_cores", c.cluster.server_cores, "must be >= 1")
     _require(c.cluster.cpu_machines >= 0, "cluster.cpu_machines", c.cluster.cpu_machines, "must be >= 0")
     _require(c.cluster.nics_per_machine >= 1, "cluster.nics_per_machine", c.cluster.nics_per_machine,
              "must be >= 1")

@@ -9,16 +9,16 @@ from pssim.workload.optimizer import SGD
 
 
 class Cpu:
-    """One CPU core of a host as a FIFO SimPy resource, with a log of its busy spans for the trace."""
+    """A host's CPU cores as a FIFO SimPy resource, with a log of its busy spans for the trace."""
 
-    def __init__(self, env: simpy.Environment, host: str):
+    def __init__(self, env: simpy.Environment, host: str, cores: int = 1):
         self.env = env
         self.host = host
-        self._core = simpy.Resource(env, capacity=1)
+        self._core = simpy.Resource(env, capacity=cores)
         self.busy: list[tuple[float, float, str]] = []  # (start, end, what)
 
     def work(self, seconds: float, what: str):
-        """Occupy the core for `seconds`, queued behind earlier work."""
+        """Occupy one core for `seconds`, queued behind earlier work while every core is busy."""
         with self._core.request() as turn:
             yield turn
             start = self.env.now

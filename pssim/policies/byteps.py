@@ -60,8 +60,8 @@ class BytePS(ReplicatedDataParallel):
     machine (NVLink/PCIe) into host memory. The tensor is cut into partitions of policy.partition_bytes,
     each a key on one summation service placed by the paper's optimal split. A machine pushes its
     partitions in priority order (layers nearer the input first), with at most policy.credit partitions
-    of push bytes in flight. A service sums a partition once all n machines pushed it, and every machine
-    pulls the SUMMED partition; when a tensor's partitions are all back, it is copied to the GPUs.
+    of push bytes in flight. A service (server_cores cores) adds each push into the partition's sum as it
+    lands; once all n machines' pushes are in, every machine pulls the SUMMED partition; when a tensor's partitions are all back, it is copied to the GPUs.
     k CPU machines = cluster.cpu_machines; k=0 moves all-reduce's traffic, k=n a non-colocated PS's.
     """
 
@@ -69,25 +69,23 @@ class BytePS(ReplicatedDataParallel):
         super().__init__(sim)
         n, k = len(self.layout.machines), len(self.layout.cpu_machines)
         self.hosts = [*self.layout.cpu_machines, *self.layout.machines]  # server s lives on hosts[s]
-        self.servers = [Cpu(self.env, host) for host in self.hosts]
+        self.servers = [Cpu(self.env, host, sim.config.cluster.server_cores) for host in self.hosts]
         sim.cpus += self.servers
         self.partitions = place_partitions([l.nbytes for l in self.profile.layers],
                                            self.cfg.partition_bytes, n, k)
         self.by_layer = [[p for p in self.partitions if p.layer == i] for i in range(len(self.profile.layers))]
         self.ready = dict(self.profile.backward_ready())
-        transport_cpu = sim.transport.cpu_s_per_byte
-        self.receive_cpu = transport_cpu + sim.config.cluster.aggregation_ns_per_byte * 1e-9
-        self.send_cpu = transport_cpu
+        self.transport_cpu = sim.transport.cpu_s_per_byte  # per byte received or sent over the network
+        self.sum_cpu = sim.config.cluster.aggregation_ns_per_byte * 1e-9
 
     def communicate(self, start, durations, records):
         machines = range(len(self.layout.machines))
-        pushed = {p: [self.env.event() for _ in machines] for p in self.partitions}
         summed = {p: [self.env.event() for _ in machines] for p in self.partitions}
-        procs = [self.env.process(self._machine(m, start, durations, records, pushed, summed)) for m in machines]
-        procs += [self.env.process(self._server(p, pushed[p], summed)) for p in self.partitions]
+        arrived = {p: 0 for p in self.partitions}
+        procs = [self.env.process(self._machine(m, start, durations, records, arrived, summed)) for m in machines]
         yield self.env.all_of(procs)
 
-    def _machine(self, m, start, durations, records, pushed, summed):
+    def _machine(self, m, start, durations, records, arrived, summed):
         """Local reduces in backward order feed a priority queue drained under the credit cap."""
         queue: list[tuple[int, int, Partition]] = []
         state = {"wake": self.env.event(), "in_flight": 0}
@@ -98,7 +96,7 @@ class BytePS(ReplicatedDataParallel):
 
         def landed(_event, p):
             state["in_flight"] -= 1
-            pushed[p][m].succeed()
+            self.env.process(self._receive(p, m, arrived, summed))
             wake()
 
         local, host, gpus = self.layout.local_workers(m), self.layout.machines[m], self.machines[m]
@@ -133,12 +131,18 @@ class BytePS(ReplicatedDataParallel):
                 lambda e, p=p: landed(e, p))
         yield self.env.all_of([reducer, *pulls])
 
-    def _server(self, p, arrivals, summed):
-        yield self.env.all_of(arrivals)
-        n = len(arrivals)
-        cpu = self.servers[p.server]
-        yield from cpu.work(n * p.nbytes * self.receive_cpu, "sum")
-        yield from cpu.work(n * p.nbytes * self.send_cpu, "send")
-        for m, host in enumerate(self.layout.machines):
-            self.network.send(self.hosts[p.server], host, p.nbytes, "byteps-pull").callbacks.append(
-                lambda _e, ev=summed[p][m]: ev.succeed())
+    def _receive(self, p, m, arrived, summed):
+        """The service adds machine m's push into its sum as it lands; the last one triggers the pulls."""
+        server = self.hosts[p.server]
+        remote = server != self.layout.machines[m]
+        yield from self.servers[p.server].work(p.nbytes * (self.sum_cpu + remote * self.transport_cpu), "sum")
+        arrived[p] += 1
+        if arrived[p] == len(self.layout.machines):
+            for dest, host in enumerate(self.layout.machines):
+                self.env.process(self._respond(p, server, dest, host, summed))
+
+    def _respond(self, p, server, dest, host, summed):
+        if host != server:
+            yield from self.servers[p.server].work(p.nbytes * self.transport_cpu, "send")
+        self.network.send(server, host, p.nbytes, "byteps-pull").callbacks.append(
+            lambda _e: summed[p][dest].succeed())

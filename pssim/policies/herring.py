@@ -26,11 +26,10 @@ class Herring(ReplicatedDataParallel):
         super().__init__(sim)
         self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes)
         self.hosts = list(self.layout.machines)
-        self.servers = [Cpu(self.env, host) for host in self.hosts]
+        self.servers = [Cpu(self.env, host, sim.config.cluster.server_cores) for host in self.hosts]
         sim.cpus += self.servers
-        transport_cpu = sim.transport.cpu_s_per_byte
-        self.receive_cpu = transport_cpu + sim.config.cluster.aggregation_ns_per_byte * 1e-9
-        self.send_cpu = transport_cpu
+        self.transport_cpu = sim.transport.cpu_s_per_byte  # per byte received or sent over the network
+        self.sum_cpu = sim.config.cluster.aggregation_ns_per_byte * 1e-9
 
     def communicate(self, start, durations, records):
         procs = [self.env.process(self.reduce_buffer(b, start, durations, records)) for b in self.buffers]
@@ -39,14 +38,13 @@ class Herring(ReplicatedDataParallel):
     def reduce_buffer(self, buffer, start, durations, records):
         n = len(self.hosts)
         part = buffer.nbytes / n
-        pushed = [[self.env.event() for _ in range(n)] for _ in range(n)]  # [server][machine]
         summed = [[self.env.event() for _ in range(n)] for _ in range(n)]  # [machine][server]
-        procs = [self.env.process(self._machine(m, buffer, part, start, durations, records, pushed, summed))
+        arrived = [0] * n
+        procs = [self.env.process(self._machine(m, buffer, part, start, durations, records, arrived, summed))
                  for m in range(n)]
-        procs += [self.env.process(self._server(i, part, pushed[i], summed)) for i in range(n)]
         yield self.env.all_of(procs)
 
-    def _machine(self, m, buffer, part, start, durations, records, pushed, summed):
+    def _machine(self, m, buffer, part, start, durations, records, arrived, summed):
         local = self.layout.local_workers(m)
         ready = self.ready_time(start, durations, local, buffer.ready)
         if self.env.now < ready:
@@ -56,16 +54,21 @@ class Herring(ReplicatedDataParallel):
         yield from reduce_to_host(self.env, self.network, gpus, host, buffer.nbytes)
         for i, server in enumerate(self.hosts):
             self.network.send(host, server, part, "herring-push").callbacks.append(
-                lambda _e, ev=pushed[i][m]: ev.succeed())
+                lambda _e, i=i: self.env.process(self._receive(i, m, part, arrived, summed)))
         yield self.env.all_of(summed[m])
         yield from broadcast_from_host(self.env, self.network, gpus, host, buffer.nbytes)
 
-    def _server(self, i, part, arrivals, summed):
-        yield self.env.all_of(arrivals)
-        n = len(self.hosts)
-        cpu = self.servers[i]
-        yield from cpu.work(n * part * self.receive_cpu, "sum")
-        yield from cpu.work(n * part * self.send_cpu, "send")
-        for m, host in enumerate(self.hosts):
-            self.network.send(self.hosts[i], host, part, "herring-pull").callbacks.append(
-                lambda _e, ev=summed[m][i]: ev.succeed())
+    def _receive(self, i, m, part, arrived, summed):
+        """Server i adds machine m's part into its sum as it lands; the last one triggers the returns."""
+        remote = i != m
+        yield from self.servers[i].work(part * (self.sum_cpu + remote * self.transport_cpu), "sum")
+        arrived[i] += 1
+        if arrived[i] == len(self.hosts):
+            for dest in range(len(self.hosts)):
+                self.env.process(self._respond(i, dest, part, summed))
+
+    def _respond(self, i, dest, part, summed):
+        if dest != i:
+            yield from self.servers[i].work(part * self.transport_cpu, "send")
+        self.network.send(self.hosts[i], self.hosts[dest], part, "herring-pull").callbacks.append(
+            lambda _e: summed[dest][i].succeed())
