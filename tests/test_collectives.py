@@ -142,3 +142,15 @@ def test_collective_policies_follow_syncs_parameters_step_for_step(policy):
     for t, (a, b) in enumerate(zip(other.param_history, sync.param_history)):
         assert torch.allclose(a, b, atol=1e-6, rtol=0), t
     assert other.summary["sim_time_s"] != sync.summary["sim_time_s"]  # the time is theirs
+
+
+def test_hierarchical_allreduce_sends_less_over_the_nic_than_the_flat_ring():
+    """2 machines x 4 GPUs. Flat ring of 8: one ring edge leaves each machine and carries 2(n-1)/n M =
+    1.75 M. Hierarchical: each of the 4 local ranks runs a 2-machine ring on M/4, sending 2(m-1)/m M/4
+    = M/4 over the NIC: M per machine."""
+    flat = timing_run("allreduce", 8, **{"cluster.gpus_per_machine": 4}).links.set_index("link")
+    tiered = timing_run("allreduce", 8, **{"cluster.gpus_per_machine": 4, "policy.hierarchical": True})
+    tiered_links = tiered.links.set_index("link")
+    for j in range(2):
+        assert flat.loc[f"machine{j}->switch", "bytes"] == pytest.approx(3 * 1.75 * RESNET50_BYTES, rel=1e-9)
+        assert tiered_links.loc[f"machine{j}->switch", "bytes"] == pytest.approx(3 * RESNET50_BYTES, rel=1e-9)

@@ -10,19 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pssim.config import StragglerConfig
+
 
 @dataclass
 class Straggler:
-    """The slowdown of one worker; `model` names one of STRAGGLER_MODELS."""
+    """The slowdown of one worker: `model` names one of STRAGGLER_MODELS, `cfg` holds its parameters."""
 
     model: str
     rng: np.random.Generator
-    mean_s: float = 0.0
-    mu: float = 0.0
-    sigma: float = 1.0
-    scale_s: float = 0.0
-    alpha: float = 2.5
-    factor: float = 1.0
+    cfg: StragglerConfig
 
     def __call__(self, compute_s: float) -> float:
         """The actual duration of a step whose ideal compute time is `compute_s`."""
@@ -35,22 +32,22 @@ def _none(s: Straggler, c: float) -> float:
 
 def _exponential(s: Straggler, c: float) -> float:
     """c + Exp(rate 1/mean_s): BSP's iteration then grows like c + H_n * mean_s."""
-    return c + (s.rng.exponential(s.mean_s) if s.mean_s > 0 else 0.0)
+    return c + (s.rng.exponential(s.cfg.mean_s) if s.cfg.mean_s > 0 else 0.0)
 
 
 def _lognormal(s: Straggler, c: float) -> float:
     """c + exp(N(mu, sigma)): a heavy right tail (occasional long stalls)."""
-    return c + float(s.rng.lognormal(s.mu, s.sigma))
+    return c + float(s.rng.lognormal(s.cfg.mu, s.cfg.sigma))
 
 
 def _pareto(s: Straggler, c: float) -> float:
     """c + scale_s * Lomax(alpha): a power-law tail; infinite variance for alpha <= 2."""
-    return c + s.scale_s * float(s.rng.pareto(s.alpha))
+    return c + s.cfg.scale_s * float(s.rng.pareto(s.cfg.alpha))
 
 
 def _slow_worker(s: Straggler, c: float) -> float:
     """Persistently slow: every step takes `factor` times as long (a slower or throttled device)."""
-    return c * s.factor
+    return c * s.cfg.factor
 
 
 STRAGGLER_MODELS = {
@@ -69,6 +66,5 @@ def make_stragglers(cfg, workers: int, rngs) -> list[Straggler]:
         model = cfg.model
         if model == "slow_worker" and w != cfg.worker:
             model = "none"
-        out.append(Straggler(model, rngs.generator(f"stragglers/{w}"), mean_s=cfg.mean_s, mu=cfg.mu,
-                             sigma=cfg.sigma, scale_s=cfg.scale_s, alpha=cfg.alpha, factor=cfg.factor))
+        out.append(Straggler(model, rngs.generator(f"stragglers/{w}"), cfg))
     return out
