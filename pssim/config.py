@@ -162,6 +162,8 @@ class OutputConfig:
     # Where the run's tables go; None writes nothing (the Hydra app sets its run directory).
     dir: str | None = None
     trace: bool = True
+    # trace.json covers the first this many global steps (0: the whole run); traces grow fast.
+    trace_steps: int = 20
     progress: bool = True
 
 
@@ -284,6 +286,7 @@ def validate(c: Config) -> None:
     _require(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
     _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _require(c.eval.every >= 1, "eval.every", c.eval.every, "must be >= 1")
+    _require(c.output.trace_steps >= 0, "output.trace_steps", c.output.trace_steps, "must be >= 0 (0: all)")
 
     p = c.policy
     _one_of("policy.name", p.name, registered())

@@ -71,6 +71,8 @@ class Simulation:
         self.evals: list[tuple[int, float, float, float]] = []
         self.param_history: list[torch.Tensor] | None = [] if record_params and numerics else None
         self.global_step = 0
+        self.trace_until = float("inf")  # simulated time the trace stops covering
+        self.network.record = c.output.trace
         self.sim_time = 0.0
         self.wall_s = 0.0
         self._done = self.env.event()
@@ -126,6 +128,9 @@ class Simulation:
             return
         self._bar.update(step - self.global_step)
         self.global_step = step
+        if self.network.record and step >= self.config.output.trace_steps > 0:
+            self.trace_until = self.env.now  # stop keeping flows: a long run's trace would not fit
+            self.network.record = False
         if self.param_history is not None:
             self.param_history.append(self.params.clone())
         if step % self.config.eval.every == 0:

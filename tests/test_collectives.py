@@ -52,7 +52,8 @@ def test_herring_moves_the_ring_volume_in_two_hops(n):
     result = timing_run("herring", n)
     assert comm_time(result) == pytest.approx(2 * ALPHA + 2 * (n - 1) * RESNET50_BYTES / (n * B), rel=1e-9)
     sim = Simulation(to_config(**fast(train__numerics=False, train__steps=2, cluster__workers=n,
-                                      policy__name="herring", profile__name="resnet50"), **IDEAL)).run()
+                                      policy__name="herring", profile__name="resnet50", output__trace=True),
+                                 **IDEAL)).run()
     pushes = [f for f in sim.network.completed if f.tag == "herring-push"]
     per_server = {}
     for f in pushes:

@@ -84,3 +84,15 @@ def test_timing_only_mode_keeps_the_timing(name):
     full, timing = run(name), run(name, **{"train.numerics": False})
     pd.testing.assert_frame_equal(full.steps, timing.steps)
     assert timing.evals.empty and timing.summary["final_loss"] is None
+
+
+def test_the_trace_covers_only_the_first_trace_steps():
+    full = run("sync", **{"output.trace_steps": 0})
+    short = run("sync", **{"output.trace_steps": 5})
+    def last_start(r):
+        return max(e["ts"] for e in r.trace["traceEvents"] if e["ph"] == "X")
+    assert last_start(short) < last_start(full)
+    # Under sync, global step 5 is applied within round 4 (0-based), before any worker's round 5 starts.
+    cutoff = short.steps.groupby("step")["comm_end"].max().iloc[4] * 1e6
+    assert last_start(short) <= cutoff + 1e-6
+    assert full.summary["bytes_sent"] == short.summary["bytes_sent"]  # accounting is not traced

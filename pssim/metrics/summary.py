@@ -45,7 +45,7 @@ def summarize(sim, steps: pd.DataFrame, evals: pd.DataFrame) -> dict:
         "final_accuracy": float(last["accuracy"]) if last is not None else None,
         "target_loss": c.train.target_loss,
         "time_to_target_s": _time_to_target(evals, c.train.target_loss),
-        "bytes_sent": float(sum(f.size for f in sim.network.completed)),
+        "bytes_sent": sim.network.bytes_delivered,
         "wall_s": sim.wall_s,
         "events": sim.env.events,
     }

@@ -47,7 +47,9 @@ class FlowNetwork:
         self.topology = topology
         self.link_bytes: dict[Link, float] = defaultdict(float)
         self.link_busy_s: dict[Link, float] = defaultdict(float)
-        self.completed: list[Flow] = []
+        self.completed: list[Flow] = []  # kept while `record` is on (for the trace)
+        self.record = True
+        self.bytes_delivered = 0.0  # every completed message, recorded or not
         self.sent: dict[str, float] = defaultdict(float)  # bytes of completed messages, by source
         self.received: dict[str, float] = defaultdict(float)  # and by destination
         self._flows: dict[Flow, None] = {}  # active flows, in admission order
@@ -231,5 +233,7 @@ class FlowNetwork:
             if f.links:
                 self.sent[f.src] += f.size
                 self.received[f.dst] += f.size
-            self.completed.append(f)
+            self.bytes_delivered += f.size
+            if self.record:
+                self.completed.append(f)
             f.done.succeed(f)
