@@ -60,8 +60,9 @@ class BytePS(ReplicatedDataParallel):
     machine (NVLink/PCIe) into host memory. The tensor is cut into partitions of policy.partition_bytes,
     each a key on one summation service placed by the paper's optimal split. A machine pushes its
     partitions in priority order (layers nearer the input first), with at most policy.credit partitions
-    of push bytes in flight. A service (server_cores cores) adds each push into the partition's sum as it
-    lands; once all n machines' pushes are in, every machine pulls the SUMMED partition; when a tensor's partitions are all back, it is copied to the GPUs.
+    of push bytes in flight. A service (server_cores cores) adds each push into the partition's sum as
+    it lands; once all n machines' pushes are in, every machine pulls the SUMMED partition; when all of
+    a tensor's partitions are back, it is copied to the GPUs.
     k CPU machines = cluster.cpu_machines; k=0 moves all-reduce's traffic, k=n a non-colocated PS's.
     """
 

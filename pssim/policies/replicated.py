@@ -6,6 +6,7 @@ the n gradients, applied once per step, exactly as BSP does.
 
 from __future__ import annotations
 
+import math
 from itertools import count
 
 from pssim.policies.base import Policy
@@ -61,7 +62,7 @@ class ReplicatedDataParallel(Policy):
 
     def mark_comm_start(self, records, workers) -> None:
         for i in workers:
-            if records[i].comm_start != records[i].comm_start:  # NaN: first communication of the step
+            if math.isnan(records[i].comm_start):  # the step's first communication
                 records[i].comm_start = self.env.now
 
     def communicate(self, start: float, durations: list[float], records):
