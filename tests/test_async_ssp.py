@@ -41,6 +41,7 @@ def test_asp_symmetric_workers_have_mean_staleness_half_n_minus_one(n, aggregati
     assert sorted(steps.groupby("step")["staleness"].apply(sorted).iloc[0]) == list(range(n))
 
 
+@pytest.mark.claims
 @pytest.mark.parametrize("s", [0, 1, 3])
 def test_ssp_clock_gap_never_exceeds_staleness(s):
     """Whenever a worker starts computing clock c, every worker has already had >= c - s gradients applied."""
@@ -69,6 +70,7 @@ def test_ssp_without_the_gate_would_break_the_bound():
     assert max(gaps) > 1
 
 
+@pytest.mark.claims
 def test_ssp_staleness_zero_follows_bsp_trajectory():
     """s=0 with additive updates (no momentum, no weight decay) applies exactly BSP's mean step per round.
 

@@ -46,6 +46,7 @@ def test_ring_allreduce_on_a_star_is_2_n_minus_1_over_n_m_over_b_plus_2_n_minus_
     assert comm_time(result) == pytest.approx(2 * (n - 1) / n * RESNET50_BYTES / B + 2 * (n - 1) * ALPHA, rel=1e-9)
 
 
+@pytest.mark.claims
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_herring_moves_the_ring_volume_in_two_hops(n):
     """Push part i to server i, sum, return: 2 alpha + 2(N-1)M/(N B); every server gets M/N per worker."""
@@ -65,6 +66,7 @@ def test_herring_moves_the_ring_volume_in_two_hops(n):
     assert sizes == {round(b.nbytes / n, 6) for b in buffers}  # each buffer cut into N equal parts
 
 
+@pytest.mark.claims
 def test_herring_latency_is_two_hops_while_the_ring_pays_2_n_minus_1():
     """A tiny model: time is latency. Herring stays at ~2 alpha from 2 to 8 machines; the ring grows."""
     def latency_part(policy, n):
@@ -92,6 +94,7 @@ def test_byteps_optimal_split_shares_add_up_and_degenerate():
     assert placed / placed.sum() == pytest.approx([cpu] * 2 + [gpu] * 4, abs=0.01)
 
 
+@pytest.mark.claims
 @pytest.mark.parametrize("k", [0, 1, 2, 4])
 def test_byteps_reaches_the_papers_optimal_time(k):
     """t_opt = 2n(n-1)M / ((n^2 + kn - 2k) B) (section 4.1), within 2%: ring time at k=0, M/B at k=n.

@@ -26,6 +26,7 @@ def plain_sgd_trajectory(cfg, rows_for_step, steps):
     return history
 
 
+@pytest.mark.claims
 @pytest.mark.parametrize("workers,servers", [(4, 1), (3, 2)])
 def test_bsp_equals_single_process_sgd_with_batch_n_times_b(workers, servers):
     overrides = fast(cluster__workers=workers, cluster__servers=servers, train__batch_size=8,
