@@ -43,10 +43,6 @@ class ParameterServers:
         self.send_cpu = send_cpu_s_per_byte
         self._on_version = on_version
 
-    @property
-    def versions(self) -> list[int]:
-        return [s.version for s in self.shards]
-
     def apply(self, shard: ServerShard, grad, scale: float = 1.0) -> None:
         """Apply one optimizer step on a shard and tell the run its version moved."""
         shard.apply(grad, scale)
