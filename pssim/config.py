@@ -147,8 +147,9 @@ class PolicyConfig:
     staleness: int = 3
     # async, ssp: each applied gradient is scaled by 1/workers ("mean") or not ("sum").
     gradient_scale: str = "mean"
-    # allreduce, herring: gradients are grouped into fusion buffers of this many bytes (backward order).
-    fusion_bytes: int = 64 * 1024 * 1024
+    # allreduce, herring: gradients are grouped into fusion buffers of this many bytes (backward order);
+    # None: the policy's own default (allreduce 64 MiB as Horovod, herring 25 MiB).
+    fusion_bytes: int | None = None
     # allreduce: reduce inside the machine, ring across machines, broadcast inside.
     hierarchical: bool = False
     # byteps: tensors are cut into partitions of this many bytes, one key each.
@@ -292,7 +293,8 @@ def validate(c: Config) -> None:
     _one_of("policy.name", p.name, registered())
     _require(p.staleness >= 0, "policy.staleness", p.staleness, "must be >= 0")
     _one_of("policy.gradient_scale", p.gradient_scale, ("mean", "sum"))
-    _require(p.fusion_bytes >= 1, "policy.fusion_bytes", p.fusion_bytes, "must be >= 1")
+    _require(p.fusion_bytes is None or p.fusion_bytes >= 1, "policy.fusion_bytes", p.fusion_bytes,
+             "must be >= 1 (or null for the policy's default)")
     _require(p.partition_bytes >= 1, "policy.partition_bytes", p.partition_bytes, "must be >= 1")
     _require(p.credit >= 1, "policy.credit", p.credit, "must be >= 1")
 

@@ -16,9 +16,11 @@ class RingAllReduce(ReplicatedDataParallel):
     a ring per local rank across machines, all-gather inside (Horovod's hierarchical mode).
     """
 
+    fusion_bytes = 64 * 1024 * 1024  # HOROVOD_FUSION_THRESHOLD's default
+
     def __init__(self, sim):
         super().__init__(sim)
-        self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes)
+        self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes or self.fusion_bytes)
         self.ring = [w.host for w in sim.workers]
         self.hierarchical = self.cfg.hierarchical and self.layout.gpus_per_machine > 1
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 from pssim.comm.collectives import broadcast_from_host, reduce_to_host
-from pssim.comm.server import Cpu
+from pssim.comm.summation import SummationService
 from pssim.policies.base import register
 from pssim.policies.replicated import ReplicatedDataParallel
 
@@ -69,24 +69,23 @@ class BytePS(ReplicatedDataParallel):
     def __init__(self, sim):
         super().__init__(sim)
         n, k = len(self.layout.machines), len(self.layout.cpu_machines)
-        self.hosts = [*self.layout.cpu_machines, *self.layout.machines]  # server s lives on hosts[s]
-        self.servers = [Cpu(self.env, host, sim.config.cluster.server_cores) for host in self.hosts]
-        sim.cpus += self.servers
+        c = sim.config.cluster
+        self.servers = [SummationService(self.env, self.network, host, c.server_cores,
+                                         c.aggregation_ns_per_byte * 1e-9, sim.transport.cpu_s_per_byte, "byteps")
+                        for host in [*self.layout.cpu_machines, *self.layout.machines]]
+        sim.cpus += [s.cpu for s in self.servers]
         self.partitions = place_partitions([l.nbytes for l in self.profile.layers],
                                            self.cfg.partition_bytes, n, k)
         self.by_layer = [[p for p in self.partitions if p.layer == i] for i in range(len(self.profile.layers))]
         self.ready = dict(self.profile.backward_ready())
-        self.transport_cpu = sim.transport.cpu_s_per_byte  # per byte received or sent over the network
-        self.sum_cpu = sim.config.cluster.aggregation_ns_per_byte * 1e-9
 
     def communicate(self, start, durations, records):
         machines = range(len(self.layout.machines))
         summed = {p: [self.env.event() for _ in machines] for p in self.partitions}
-        arrived = {p: 0 for p in self.partitions}
-        procs = [self.env.process(self._machine(m, start, durations, records, arrived, summed)) for m in machines]
+        procs = [self.env.process(self._machine(m, start, durations, records, summed)) for m in machines]
         yield self.env.all_of(procs)
 
-    def _machine(self, m, start, durations, records, arrived, summed):
+    def _machine(self, m, start, durations, records, summed):
         """Local reduces in backward order feed a priority queue drained under the credit cap."""
         queue: list[tuple[int, int, Partition]] = []
         state = {"wake": self.env.event(), "in_flight": 0}
@@ -97,7 +96,8 @@ class BytePS(ReplicatedDataParallel):
 
         def landed(_event, p):
             state["in_flight"] -= 1
-            self.env.process(self._receive(p, m, arrived, summed))
+            machines = list(self.layout.machines)
+            self.env.process(self.servers[p.server].add(p, host, p.nbytes, machines, summed[p]))
             wake()
 
         local, host, gpus = self.layout.local_workers(m), self.layout.machines[m], self.machines[m]
@@ -128,22 +128,6 @@ class BytePS(ReplicatedDataParallel):
                 state["wake"] = self.env.event()
             _, _, p = heapq.heappop(queue)
             state["in_flight"] += 1
-            self.network.send(host, self.hosts[p.server], p.nbytes, "byteps-push").callbacks.append(
+            self.network.send(host, self.servers[p.server].host, p.nbytes, "byteps-push").callbacks.append(
                 lambda e, p=p: landed(e, p))
         yield self.env.all_of([reducer, *pulls])
-
-    def _receive(self, p, m, arrived, summed):
-        """The service adds machine m's push into its sum as it lands; the last one triggers the pulls."""
-        server = self.hosts[p.server]
-        remote = server != self.layout.machines[m]
-        yield from self.servers[p.server].work(p.nbytes * (self.sum_cpu + remote * self.transport_cpu), "sum")
-        arrived[p] += 1
-        if arrived[p] == len(self.layout.machines):
-            for dest, host in enumerate(self.layout.machines):
-                self.env.process(self._respond(p, server, dest, host, summed))
-
-    def _respond(self, p, server, dest, host, summed):
-        if host != server:
-            yield from self.servers[p.server].work(p.nbytes * self.transport_cpu, "send")
-        self.network.send(server, host, p.nbytes, "byteps-pull").callbacks.append(
-            lambda _e: summed[p][dest].succeed())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pssim.comm.collectives import broadcast_from_host, reduce_to_host
 from pssim.comm.fusion import fusion_buffers
-from pssim.comm.server import Cpu
+from pssim.comm.summation import SummationService
 from pssim.policies.base import register
 from pssim.policies.replicated import ReplicatedDataParallel
 
@@ -22,14 +22,17 @@ class Herring(ReplicatedDataParallel):
     ring's volume) in 2 hops instead of the ring's 2(N-1).
     """
 
+    fusion_bytes = 25 * 1024 * 1024  # the bucket size of PyTorch DDP, whose API Herring serves
+
     def __init__(self, sim):
         super().__init__(sim)
-        self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes)
+        self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes or self.fusion_bytes)
         self.hosts = list(self.layout.machines)
-        self.servers = [Cpu(self.env, host, sim.config.cluster.server_cores) for host in self.hosts]
-        sim.cpus += self.servers
-        self.transport_cpu = sim.transport.cpu_s_per_byte  # per byte received or sent over the network
-        self.sum_cpu = sim.config.cluster.aggregation_ns_per_byte * 1e-9
+        c = sim.config.cluster
+        self.servers = [SummationService(self.env, self.network, host, c.server_cores,
+                                         c.aggregation_ns_per_byte * 1e-9, sim.transport.cpu_s_per_byte, "herring")
+                        for host in self.hosts]
+        sim.cpus += [s.cpu for s in self.servers]
 
     def communicate(self, start, durations, records):
         procs = [self.env.process(self.reduce_buffer(b, start, durations, records)) for b in self.buffers]
@@ -39,12 +42,11 @@ class Herring(ReplicatedDataParallel):
         n = len(self.hosts)
         part = buffer.nbytes / n
         summed = [[self.env.event() for _ in range(n)] for _ in range(n)]  # [machine][server]
-        arrived = [0] * n
-        procs = [self.env.process(self._machine(m, buffer, part, start, durations, records, arrived, summed))
+        procs = [self.env.process(self._machine(m, buffer, part, start, durations, records, summed))
                  for m in range(n)]
         yield self.env.all_of(procs)
 
-    def _machine(self, m, buffer, part, start, durations, records, arrived, summed):
+    def _machine(self, m, buffer, part, start, durations, records, summed):
         local = self.layout.local_workers(m)
         ready = self.ready_time(start, durations, local, buffer.ready)
         if self.env.now < ready:
@@ -52,23 +54,10 @@ class Herring(ReplicatedDataParallel):
         self.mark_comm_start(records, local)
         host, gpus = self.hosts[m], self.machines[m]
         yield from reduce_to_host(self.env, self.network, gpus, host, buffer.nbytes)
-        for i, server in enumerate(self.hosts):
-            self.network.send(host, server, part, "herring-push").callbacks.append(
-                lambda _e, i=i: self.env.process(self._receive(i, m, part, arrived, summed)))
+        for i, server in enumerate(self.servers):
+            returns = [summed[d][i] for d in range(len(self.hosts))]
+            self.network.send(host, server.host, part, "herring-push").callbacks.append(
+                lambda _e, server=server, returns=returns: self.env.process(
+                    server.add(buffer, host, part, self.hosts, returns)))
         yield self.env.all_of(summed[m])
         yield from broadcast_from_host(self.env, self.network, gpus, host, buffer.nbytes)
-
-    def _receive(self, i, m, part, arrived, summed):
-        """Server i adds machine m's part into its sum as it lands; the last one triggers the returns."""
-        remote = i != m
-        yield from self.servers[i].work(part * (self.sum_cpu + remote * self.transport_cpu), "sum")
-        arrived[i] += 1
-        if arrived[i] == len(self.hosts):
-            for dest in range(len(self.hosts)):
-                self.env.process(self._respond(i, dest, part, summed))
-
-    def _respond(self, i, dest, part, summed):
-        if dest != i:
-            yield from self.servers[i].work(part * self.transport_cpu, "send")
-        self.network.send(self.hosts[i], self.hosts[dest], part, "herring-pull").callbacks.append(
-            lambda _e: summed[dest][i].succeed())
