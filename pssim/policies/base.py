@@ -25,6 +25,14 @@ def registered() -> list[str]:
     return sorted(POLICIES)
 
 
+def mean_gradient(grads: list):
+    """The mean of the workers' gradients, summed in worker order (so every policy gets the same bits);
+    None in timing-only runs."""
+    if grads[0] is None:
+        return None
+    return sum(grads[1:], grads[0].clone()) / len(grads)
+
+
 class Policy:
     """Base class: holds the run's handles and starts one process per worker."""
 

@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 
 from pssim.comm.collectives import broadcast_from_host, reduce_to_host
-from pssim.comm.summation import SummationService
 from pssim.policies.base import register
 from pssim.policies.replicated import ReplicatedDataParallel
 
@@ -69,11 +68,7 @@ class BytePS(ReplicatedDataParallel):
     def __init__(self, sim):
         super().__init__(sim)
         n, k = len(self.layout.machines), len(self.layout.cpu_machines)
-        c = sim.config.cluster
-        self.servers = [SummationService(self.env, self.network, host, c.server_cores,
-                                         c.aggregation_ns_per_byte * 1e-9, sim.transport.cpu_s_per_byte, "byteps")
-                        for host in [*self.layout.cpu_machines, *self.layout.machines]]
-        sim.cpus += [s.cpu for s in self.servers]
+        self.servers = self.summation_services([*self.layout.cpu_machines, *self.layout.machines], "byteps")
         self.partitions = place_partitions([l.nbytes for l in self.profile.layers],
                                            self.cfg.partition_bytes, n, k)
         self.by_layer = [[p for p in self.partitions if p.layer == i] for i in range(len(self.profile.layers))]

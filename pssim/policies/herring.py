@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pssim.comm.collectives import broadcast_from_host, reduce_to_host
 from pssim.comm.fusion import fusion_buffers
-from pssim.comm.summation import SummationService
 from pssim.policies.base import register
 from pssim.policies.replicated import ReplicatedDataParallel
 
@@ -28,11 +27,7 @@ class Herring(ReplicatedDataParallel):
         super().__init__(sim)
         self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes or self.fusion_bytes)
         self.hosts = list(self.layout.machines)
-        c = sim.config.cluster
-        self.servers = [SummationService(self.env, self.network, host, c.server_cores,
-                                         c.aggregation_ns_per_byte * 1e-9, sim.transport.cpu_s_per_byte, "herring")
-                        for host in self.hosts]
-        sim.cpus += [s.cpu for s in self.servers]
+        self.servers = self.summation_services(self.hosts, "herring")
 
     def communicate(self, start, durations, records):
         procs = [self.env.process(self.reduce_buffer(b, start, durations, records)) for b in self.buffers]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from itertools import count
 
-from pssim.policies.base import Policy
+from pssim.comm.summation import SummationService
+from pssim.policies.base import Policy, mean_gradient
 
 
 class ReplicatedDataParallel(Policy):
@@ -48,13 +49,20 @@ class ReplicatedDataParallel(Policy):
             yield from self.communicate(start, durations, records)
             if self.env.now < start + max(durations):  # nothing left to send, backward still running
                 yield self.env.timeout(start + max(durations) - self.env.now)
-            grads = [w.gradient(params, step) for w in self.sim.workers]
-            self.sim.apply_update(None if grads[0] is None else sum(grads[1:], grads[0].clone()) / self.n)
+            self.sim.apply_update(mean_gradient([w.gradient(params, step) for w in self.sim.workers]))
             for w, rec in zip(self.sim.workers, records):
                 rec.bytes_sent = int(self.network.sent[w.host] - before[w.host])
                 rec.bytes_received = int(self.network.received[w.host] - received[w.host])
                 w.finish_step(staleness=0)
             self.sim.progress(step + 1)
+
+    def summation_services(self, hosts: list[str], tag: str) -> list[SummationService]:
+        """One summation service per host (cluster.server_cores cores each), its CPU shown in the trace."""
+        c = self.sim.config.cluster
+        services = [SummationService(self.env, self.network, host, c.server_cores, c.aggregation_ns_per_byte * 1e-9,
+                                     self.sim.transport.cpu_s_per_byte, tag) for host in hosts]
+        self.sim.cpus += [s.cpu for s in services]
+        return services
 
     def ready_time(self, start: float, durations: list[float], workers, fraction: float) -> float:
         """When the given workers all hold a gradient that is ready `fraction` into their step."""

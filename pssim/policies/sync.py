@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import count
 
-from pssim.policies.base import Policy, register
+from pssim.policies.base import Policy, mean_gradient, register
 
 
 @register("sync")
@@ -36,7 +36,7 @@ class Synchronous(Policy):
         self._count[shard.index] += 1
         if self._count[shard.index] == self.n:
             grads = self._received[shard.index]
-            mean = None if grads[0] is None else sum(grads[1:], grads[0].clone()) / self.n
+            mean = mean_gradient(grads)
             self._received[shard.index] = [None] * self.n
             self._count[shard.index] = 0
             self.ps.apply(shard, mean)
