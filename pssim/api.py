@@ -10,8 +10,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from pssim.config import Config, to_config
+from pssim.config import Config
 from pssim.metrics import chrome_trace, evals_frame, links_frame, steps_frame, summarize
+from pssim.presets import to_config
 from pssim.simulation import Simulation
 
 
@@ -42,28 +43,32 @@ class Result:
 
 def simulate(config: Any = None, *, record_params: bool = False, progress: bool | None = None,
              **overrides: Any) -> Result:
-    """Run one simulation.
+    """Run one simulation: the same run as `python -m pssim` with the same overrides.
 
     Args:
-        config: a Config, an OmegaConf DictConfig or a plain dict; missing keys take their defaults.
+        config: the command line's override strings (``["+policy=byteps", "network=tcp_25g",
+            "cluster.workers=64"]``), a dict of dotted keys, a Config or a composed DictConfig;
+            None runs the defaults. Presets come from pssim/conf/, exactly as on the command line.
         record_params: keep a copy of the servers' parameters after every global step.
         progress: show a progress bar (default: config.output.progress); it appears after 2 seconds.
-        **overrides: dotted keys, e.g. ``simulate(**{"cluster.workers": 8})``.
+        **overrides: a group name picks a preset (``policy="ssp"``, ``network="rdma_100g"``); a dotted
+            key sets a value (``**{"cluster.workers": 8}``).
 
     Returns:
         The Result; if config.output.dir is set, its files are written there too.
     """
     cfg = to_config(config, **overrides)
     sim = Simulation(cfg, record_params=record_params, progress=progress).run()
-    steps = steps_frame(sim.steps)
-    evals = evals_frame(sim.evals)
+    ctx = sim.ctx
+    steps = steps_frame(ctx.recorder.steps)
+    evals = evals_frame(ctx.recorder.evals)
     result = Result(
         config=cfg,
-        summary=summarize(sim, steps, evals),
+        summary=summarize(ctx, sim.policy.gradients_per_update, sim.sim_time, sim.wall_s, steps, evals),
         steps=steps,
         evals=evals,
-        links=links_frame(sim.network, sim.sim_time),
-        trace=chrome_trace(sim) if cfg.output.trace else None,
+        links=links_frame(ctx.network, sim.sim_time),
+        trace=chrome_trace(ctx) if cfg.output.trace else None,
         params=sim.params,
         param_history=sim.param_history,
     )

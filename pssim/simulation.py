@@ -9,17 +9,20 @@ import torch
 from tqdm import tqdm
 
 from pssim.cluster.device import DEVICES
-from pssim.cluster.stragglers import make_stragglers
-from pssim.cluster.worker import StepRecord, Worker
 from pssim.cluster.layout import Layout
+from pssim.cluster.stragglers import make_stragglers
+from pssim.cluster.worker import Worker
 from pssim.comm.ps import ParameterServers, shard_ranges
-from pssim.comm.server import Cpu, ServerShard
+from pssim.comm.server import ServerShard
 from pssim.config import Config
+from pssim.context import Cluster, Progress, RunContext
+from pssim.metrics.recorder import Recorder
 from pssim.network.flows import FlowNetwork
 from pssim.network.transport import Transport
 from pssim.policies import POLICIES
 from pssim.seeding import Streams
 from pssim.workload.optimizer import SGD
+from pssim.workload.state import ModelState
 from pssim.workload.workload import Workload
 
 
@@ -36,49 +39,57 @@ class CountingEnvironment(simpy.Environment):
 
 
 class Simulation:
-    """One run. Build it from a validated Config, call `run()`, then read its records."""
+    """One run. Build it from a validated Config, call `run()`, then read `ctx` and its records."""
 
     def __init__(self, config: Config, record_params: bool = False, progress: bool | None = None):
-        self.config = config
-        c = config
-        self.env = CountingEnvironment()
+        self.config = c = config
+        env = CountingEnvironment()
         self.streams = Streams(c.seed)
-        torch.manual_seed(self.streams.torch_seed("torch/global"))
-        self.workload = Workload(c.workload, c.cluster.workers, c.train.batch_size, self.streams,
-                                 profile=c.profile.name)
-        self.transport = Transport.from_config(c.network).bonded(c.cluster.nics_per_machine)
+        workload = Workload(c.workload, c.cluster.workers, c.train.batch_size, self.streams,
+                            profile=c.profile.name, numerics=c.train.numerics)
         policy_cls = POLICIES[c.policy.name]
-        self.layout = Layout.build(c.cluster.workers, c.cluster.gpus_per_machine, c.cluster.cpu_machines,
-                                   c.cluster.servers if policy_cls.uses_servers else 0)
-        self.topology = self.layout.topology(c.topology, self.transport, Transport.from_config(c.intra))
-        self.network = FlowNetwork(self.env, self.topology)
+        layout = Layout.build(c.cluster.workers, c.cluster.gpus_per_machine, c.cluster.cpu_machines,
+                              c.cluster.servers if policy_cls.uses_servers else 0)
+        cluster = Cluster(layout, Transport.from_config(c.network).bonded(c.cluster.nics_per_machine),
+                          Transport.from_config(c.intra))
+        self.topology = layout.topology(c.topology, cluster.nic, cluster.intra)
+        network = FlowNetwork(env, self.topology)
+        network.record = c.output.trace
 
-        numerics = c.train.numerics
-        self.params = self.workload.init_params() if numerics else None  # the model being trained
-        self.initial_params = self.params.clone() if numerics else None
-        self.optimizer = SGD(c.train.lr, c.train.momentum, c.train.weight_decay)
-        self._momentum = torch.zeros_like(self.params) if numerics else None  # replicated-model policies
-        self.cpus: list[Cpu] = []  # every server CPU, for the trace
-        self.ps = self._parameter_servers() if policy_cls.uses_servers else None
+        model = None
+        if c.train.numerics:
+            model = ModelState(workload.init_params(), SGD(c.train.lr, c.train.momentum, c.train.weight_decay))
+        self.ctx = ctx = RunContext(env, c, network, cluster, workload, model,
+                                    initial_params=model.snapshot() if model is not None else None,
+                                    recorder=Recorder(), progress=Progress(env, c.train.steps))
+        if policy_cls.uses_servers:
+            ctx.servers = self._parameter_servers()
 
         devices = list(c.cluster.worker_devices) or [c.cluster.device] * c.cluster.workers
         stragglers = make_stragglers(c.stragglers, c.cluster.workers, self.streams)
-        self.workers = [Worker(self, i, host, DEVICES[devices[i]], stragglers[i])
-                        for i, host in enumerate(self.layout.gpus)]
-        self.policy = policy_cls(self)
+        cluster.workers += [Worker(ctx, i, host, DEVICES[devices[i]], stragglers[i])
+                            for i, host in enumerate(layout.gpus)]
+        self.policy = policy_cls(ctx)
 
-        self.steps: list[StepRecord] = []
-        self.evals: list[tuple[int, float, float, float]] = []
-        self.param_history: list[torch.Tensor] | None = [] if record_params and numerics else None
-        self.global_step = 0
-        self.trace_until = float("inf")  # simulated time the trace stops covering
-        self.network.record = c.output.trace
+        self.param_history: list[torch.Tensor] | None = [] if record_params and model is not None else None
         self.sim_time = 0.0
         self.wall_s = 0.0
-        self._done = self.env.event()
         show = c.output.progress if progress is None else progress
         self._bar = tqdm(total=c.train.steps, unit="step", desc=c.policy.name, delay=2.0,
                          disable=not show, leave=False)
+        ctx.progress.listeners += [self._on_step]
+
+    @property
+    def env(self):
+        return self.ctx.env
+
+    @property
+    def network(self):
+        return self.ctx.network
+
+    @property
+    def params(self):
+        return self.ctx.model.params if self.ctx.model is not None else None
 
     def run(self) -> "Simulation":
         # The models are small: one intra-op thread is fastest (a second one spins against the
@@ -86,60 +97,60 @@ class Simulation:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            start = time.perf_counter()
-            self._evaluate()
-            if self.param_history is not None:
-                self.param_history.append(self.params.clone())
-            self.policy.start()
-            self.env.run(until=self._done)
-            self.sim_time = self.env.now
-            if self.evals and self.evals[-1][0] != self.global_step:
-                self._evaluate()
-            self.wall_s = time.perf_counter() - start
+            with torch.random.fork_rng(devices=[]):  # leave the caller's global torch RNG as it was
+                torch.manual_seed(self.streams.torch_seed("torch/global"))
+                self._run()
         finally:
             torch.set_num_threads(threads)
             self._bar.close()
         return self
 
+    def _run(self) -> None:
+        start = time.perf_counter()
+        ctx = self.ctx
+        self._evaluate()
+        if self.param_history is not None:
+            self.param_history.append(self.params.clone())
+        self.policy.start()
+        ctx.env.run(until=ctx.progress.done)
+        self.sim_time = ctx.env.now
+        for w in ctx.workers:
+            w.flush()
+        evals = ctx.recorder.evals
+        if evals and evals[-1][0] != ctx.progress.global_step:
+            self._evaluate()
+        self.wall_s = time.perf_counter() - start
+
     def _parameter_servers(self) -> ParameterServers:
         """cluster.servers shards on their own hosts, each owning an equal byte range of the model."""
-        c = self.config
+        c, ctx = self.config, self.ctx
         shards = []
-        ranges = shard_ranges(self.workload.n_params, c.cluster.servers)
-        for j, (host, (lo, hi)) in enumerate(zip(self.layout.servers, ranges)):
-            shards.append(ServerShard(self.env, j, host, lo, hi, self.workload.wire_bytes(lo, hi),
-                                      self.params, self.optimizer))
-        self.cpus += [s.cpu for s in shards]
-        transport_cpu = self.transport.cpu_s_per_byte
+        ranges = shard_ranges(ctx.workload.n_params, c.cluster.servers)
+        for j, (host, (lo, hi)) in enumerate(zip(ctx.cluster.layout.servers, ranges)):
+            state = ctx.model.slice(lo, hi) if ctx.model is not None else None
+            shards.append(ServerShard(ctx.env, j, host, lo, hi, ctx.workload.wire_bytes(lo, hi), state))
+        ctx.recorder.add_cpus(s.cpu for s in shards)
+        transport_cpu = ctx.cluster.nic.cpu_s_per_byte
         return ParameterServers(
-            self.env, self.network, shards,
+            ctx.env, ctx.network, shards,
             receive_cpu_s_per_byte=transport_cpu + c.cluster.aggregation_ns_per_byte * 1e-9,
             send_cpu_s_per_byte=transport_cpu,
-            on_version=lambda: self.progress(min(s.version for s in shards)))
+            on_version=lambda: ctx.progress.advance(min(s.version for s in shards)))
 
-    def apply_update(self, grad: torch.Tensor | None) -> None:
-        """One optimizer step on the replicated model (policies whose workers run the optimizer)."""
-        if self.params is not None and grad is not None:
-            self.optimizer.step(self.params, grad, self._momentum)
-
-    def progress(self, step: int) -> None:
-        """The global step reached `step`: evaluate on schedule and stop the clock at train.steps."""
-        if step <= self.global_step or self._done.triggered:
-            return
-        self._bar.update(step - self.global_step)
-        self.global_step = step
-        if self.network.record and step >= self.config.output.trace_steps > 0:
-            self.trace_until = self.env.now  # stop keeping flows: a long run's trace would not fit
-            self.network.record = False
+    def _on_step(self, old: int, step: int) -> None:
+        """After every global step: progress bar, trace window, parameter history, evaluation."""
+        ctx = self.ctx
+        self._bar.update(step - old)
+        if ctx.network.record and step >= self.config.output.trace_steps > 0:
+            ctx.recorder.trace_until = ctx.env.now  # stop keeping flows: a long run's trace would not fit
+            ctx.network.record = False
         if self.param_history is not None:
             self.param_history.append(self.params.clone())
         if step % self.config.eval.every == 0:
             self._evaluate()
-        if step >= self.config.train.steps:
-            self._done.succeed()
 
     def _evaluate(self) -> None:
-        if self.params is None:
+        if self.ctx.model is None:
             return
-        loss, accuracy = self.workload.evaluate(self.params)
-        self.evals.append((self.global_step, self.env.now, loss, accuracy))
+        loss, accuracy = self.ctx.workload.evaluate(self.params)
+        self.ctx.recorder.evals.append((self.ctx.progress.global_step, self.ctx.env.now, loss, accuracy))

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pssim.config import to_config
+from pssim import to_config
 from pssim.seeding import Streams
 from pssim.workload import Workload
 

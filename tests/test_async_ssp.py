@@ -7,13 +7,11 @@ from pssim import simulate
 from conftest import fast
 from test_sync import plain_sgd_trajectory
 
-RDMA = {"network.name": "rdma_100g", "network.transport": "rdma", "network.bandwidth_gbps": 100,
-        "network.latency_us": 1.5, "network.cpu_ns_per_byte": 0.0}
 
 
 @pytest.mark.parametrize("scale", ["mean", "sum"])
 def test_asp_with_one_worker_is_sequential_sgd(scale):
-    result = simulate(record_params=True, **fast(policy__name="async", policy__gradient_scale=scale,
+    result = simulate(record_params=True, **fast(policy="async", policy__gradient_scale=scale,
                                                  cluster__workers=1, cluster__servers=2, train__steps=10,
                                                  workload__dtype="float64"))
     reference = plain_sgd_trajectory(result.config, lambda wl, t: wl.batch_indices(0, t), 10)
@@ -31,9 +29,8 @@ def test_asp_symmetric_workers_have_mean_staleness_half_n_minus_one(n, aggregati
     behind the pushes already waiting, so every worker then reads version k*n and the next round
     starts in step again. Mean staleness is exactly (n-1)/2, maximum n-1.
     """
-    result = simulate(**fast(policy__name="async", cluster__workers=n, train__steps=6 * n,
-                             cluster__aggregation_ns_per_byte=aggregation_ns, **{k.replace(".", "__"): v
-                                                                                for k, v in RDMA.items()}))
+    result = simulate(**fast(policy="async", cluster__workers=n, train__steps=6 * n,
+                             cluster__aggregation_ns_per_byte=aggregation_ns, network="rdma_100g"))
     steps = result.steps
     assert len(steps) >= 5 * n
     assert steps["staleness"].mean() == pytest.approx((n - 1) / 2, abs=1e-12)
@@ -45,8 +42,8 @@ def test_asp_symmetric_workers_have_mean_staleness_half_n_minus_one(n, aggregati
 @pytest.mark.parametrize("s", [0, 1, 3])
 def test_ssp_clock_gap_never_exceeds_staleness(s):
     """Whenever a worker starts computing clock c, every worker has already had >= c - s gradients applied."""
-    result = simulate(**fast(policy__name="ssp", policy__staleness=s, cluster__workers=5, train__steps=150,
-                             stragglers__model="exponential", stragglers__mean_s=0.002, train__numerics=False))
+    result = simulate(**fast(policy="ssp", policy__staleness=s, cluster__workers=5, train__steps=150,
+                             stragglers="exponential", stragglers__mean_s=0.002, train__numerics=False))
     steps = result.steps
     applied = {w: sorted(g["push_end"]) for w, g in steps.groupby("worker")}
     for row in steps.itertuples():
@@ -61,8 +58,8 @@ def test_ssp_clock_gap_never_exceeds_staleness(s):
 
 def test_ssp_without_the_gate_would_break_the_bound():
     """ASP on the same cluster drifts further than s=1 allows: the bound above is the gate's doing."""
-    result = simulate(**fast(policy__name="async", cluster__workers=5, train__steps=150,
-                             stragglers__model="exponential", stragglers__mean_s=0.002, train__numerics=False))
+    result = simulate(**fast(policy="async", cluster__workers=5, train__steps=150,
+                             stragglers="exponential", stragglers__mean_s=0.002, train__numerics=False))
     steps = result.steps
     applied = {w: sorted(g["push_end"]) for w, g in steps.groupby("worker")}
     gaps = [row.step - min(sum(t <= row.compute_start for t in times) for times in applied.values())
@@ -80,9 +77,9 @@ def test_ssp_staleness_zero_follows_bsp_trajectory():
     """
     n = 4
     common = fast(cluster__workers=n, cluster__servers=2, train__steps=10, train__momentum=0.0,
-                  workload__dtype="float64", stragglers__model="exponential", stragglers__mean_s=1e-4)
+                  workload__dtype="float64", stragglers="exponential", stragglers__mean_s=1e-4)
     bsp = simulate(record_params=True, **common)
-    ssp = simulate(record_params=True, **{**common, "train.steps": 10 * n, "policy.name": "ssp",
+    ssp = simulate(record_params=True, **{**common, "train.steps": 10 * n, "policy": "ssp",
                                           "policy.staleness": 0})
     for t in range(11):
         assert torch.allclose(ssp.param_history[t * n], bsp.param_history[t], atol=1e-6, rtol=0), t

@@ -70,12 +70,14 @@ def test_policy_keys_and_presets_from_the_command_line(tmp_path):
 @pytest.mark.parametrize("override,key", [
     ("cluster.workers=0", "cluster.workers"),
     ("network.bandwidth_gbps=-10", "network.bandwidth_gbps"),
-    ("policy.staleness=-1", "policy.staleness"),
+    ("+policy=ssp policy.staleness=-1", "policy.staleness"),
     ("policy.name=bogus", "policy.name"),
+    ("policy.name=async", "policy.name"),
+    ("network.name=tcp_25g", "network.name"),
     ("stragglers.model=gaussian", "stragglers.model"),
 ])
 def test_bad_values_stop_with_one_line_naming_the_key(tmp_path, override, key):
-    proc = pssim(override, f"hydra.run.dir={tmp_path}")
+    proc = pssim(*override.split(), f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -86,6 +88,8 @@ def test_bad_values_stop_with_one_line_naming_the_key(tmp_path, override, key):
     (["cluster.wokers=3"], "wokers"),
     (["+policy=herrring"], "policy/herrring"),
     (["cluster.workers=many"], "cluster.workers"),
+    (["policy.staleness=2"], "staleness"),  # sync has no such key
+    (["+policy=allreduce", "policy.credit=2"], "credit"),
 ])
 def test_unknown_keys_and_options_are_refused_without_a_traceback(tmp_path, args, needle):
     proc = pssim(*args, f"hydra.run.dir={tmp_path}")

@@ -10,7 +10,7 @@ from pssim.comm.collectives import ring_allreduce
 from pssim.network import FlowNetwork, star
 from pssim.policies.byteps import optimal_shares, place_partitions
 from pssim.simulation import Simulation
-from pssim.config import to_config
+from pssim import to_config
 from conftest import fast
 from test_network import GB, transport
 
@@ -24,8 +24,8 @@ RESNET50_BYTES = 25_557_032 * 4
 
 def timing_run(policy, workers, **extra):
     """Timing only, ResNet-50's bytes, one fusion buffer, compute negligible and equal on every worker."""
-    return simulate(**fast(train__numerics=False, train__steps=3, cluster__workers=workers, policy__name=policy,
-                           profile__name="resnet50", policy__fusion_bytes=10 ** 10),
+    return simulate(**fast(train__numerics=False, train__steps=3, cluster__workers=workers, policy=policy,
+                           profile="resnet50", policy__fusion_bytes=10 ** 10),
                     **IDEAL, **extra)
 
 
@@ -53,7 +53,7 @@ def test_herring_moves_the_ring_volume_in_two_hops(n):
     result = timing_run("herring", n)
     assert comm_time(result) == pytest.approx(2 * ALPHA + 2 * (n - 1) * RESNET50_BYTES / (n * B), rel=1e-9)
     sim = Simulation(to_config(**fast(train__numerics=False, train__steps=2, cluster__workers=n,
-                                      policy__name="herring", profile__name="resnet50", output__trace=True),
+                                      policy="herring", profile="resnet50", output__trace=True),
                                  **IDEAL)).run()
     pushes = [f for f in sim.network.completed if f.tag == "herring-push"]
     per_server = {}
@@ -70,7 +70,7 @@ def test_herring_moves_the_ring_volume_in_two_hops(n):
 def test_herring_latency_is_two_hops_while_the_ring_pays_2_n_minus_1():
     """A tiny model: time is latency. Herring stays at ~2 alpha from 2 to 8 machines; the ring grows."""
     def latency_part(policy, n):
-        r = simulate(**fast(train__numerics=False, train__steps=3, cluster__workers=n, policy__name=policy),
+        r = simulate(**fast(train__numerics=False, train__steps=3, cluster__workers=n, policy=policy),
                      **IDEAL)
         return comm_time(r).mean()
     herring = [latency_part("herring", n) for n in (2, 4, 8)]
@@ -103,8 +103,8 @@ def test_byteps_reaches_the_papers_optimal_time(k):
     directions (250 KB partitions, 12 in flight); docs/MODELS.md reports the default's distance."""
     n = 4
     vgg16 = 138_357_544 * 4
-    result = simulate(**fast(policy__name="byteps", cluster__workers=n, cluster__cpu_machines=k,
-                             profile__name="vgg16", policy__partition_bytes=250_000, policy__credit=12,
+    result = simulate(**fast(policy="byteps", cluster__workers=n, cluster__cpu_machines=k,
+                             profile="vgg16", policy__partition_bytes=250_000, policy__credit=12,
                              cluster__device="h100", cluster__precision="fp16", train__batch_size=1,
                              train__numerics=False, train__steps=1), **IDEAL)
     steps = result.steps
@@ -138,10 +138,10 @@ def test_intra_node_reduction_is_carried_by_nvlink_not_the_nic():
 @pytest.mark.parametrize("policy", ["allreduce", "byteps", "herring"])
 def test_collective_policies_follow_syncs_parameters_step_for_step(policy):
     common = fast(cluster__workers=4, cluster__gpus_per_machine=2, cluster__cpu_machines=1, train__steps=8,
-                  workload__dtype="float64", stragglers__model="exponential", stragglers__mean_s=1e-4,
-                  profile__name="resnet50")
+                  workload__dtype="float64", stragglers="exponential", stragglers__mean_s=1e-4,
+                  profile="resnet50")
     sync = simulate(record_params=True, **common)
-    other = simulate(record_params=True, **{**common, "policy.name": policy})
+    other = simulate(record_params=True, **{**common, "policy": policy})
     assert len(other.param_history) == len(sync.param_history) == 9
     for t, (a, b) in enumerate(zip(other.param_history, sync.param_history)):
         assert torch.allclose(a, b, atol=1e-6, rtol=0), t

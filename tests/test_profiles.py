@@ -35,7 +35,7 @@ def test_backward_readiness_runs_from_the_last_layer_to_the_first():
 
 def test_a_profile_sets_bytes_and_flops_while_the_small_model_keeps_the_numerics():
     small = simulate(**fast(train__steps=4))
-    big = simulate(**fast(train__steps=4, profile__name="resnet50", cluster__servers=2))
+    big = simulate(**fast(train__steps=4, profile="resnet50", cluster__servers=2))
     assert big.summary["final_loss"] == small.summary["final_loss"]  # same math
     assert big.steps["bytes_sent"].iloc[0] == pytest.approx(25_557_032 * 4, rel=1e-9)
     compute = (big.steps["compute_end"] - big.steps["compute_start"]).iloc[0]

@@ -31,7 +31,7 @@ def plain_sgd_trajectory(cfg, rows_for_step, steps):
 def test_bsp_equals_single_process_sgd_with_batch_n_times_b(workers, servers):
     overrides = fast(cluster__workers=workers, cluster__servers=servers, train__batch_size=8,
                      train__steps=12, train__momentum=0.9, train__weight_decay=1e-3,
-                     workload__dtype="float64", stragglers__model="exponential", stragglers__mean_s=1e-4)
+                     workload__dtype="float64", stragglers="exponential", stragglers__mean_s=1e-4)
     result = simulate(record_params=True, **overrides)
     cfg = result.config
     # The big batch at step t is every worker's batch t, concatenated.
@@ -51,11 +51,10 @@ def test_bsp_iteration_with_exponential_stragglers_is_c_plus_harmonic_over_lambd
     1.0% of H_8/lambda; we allow 3%.
     """
     n, mean_s, steps = 8, 0.01, 2000
-    common = fast(cluster__workers=n, train__steps=steps, train__numerics=False, network__name="rdma_100g",
-                  network__transport="rdma", network__bandwidth_gbps=100, network__latency_us=1.5,
-                  network__cpu_ns_per_byte=0, eval__every=steps)
+    common = fast(cluster__workers=n, train__steps=steps, train__numerics=False, network="rdma_100g",
+                  eval__every=steps)
     c = simulate(**common).summary["mean_iteration_s"]
-    stragglers = simulate(**common, **{"stragglers.model": "exponential", "stragglers.mean_s": mean_s})
+    stragglers = simulate(**common, **{"stragglers": "exponential", "stragglers.mean_s": mean_s})
     harmonic = sum(1 / k for k in range(1, n + 1))
     assert stragglers.summary["mean_iteration_s"] - c == pytest.approx(harmonic * mean_s, rel=0.03)
     assert math.isclose(stragglers.summary["sim_time_s"] / steps, stragglers.summary["mean_iteration_s"], rel_tol=0.01)

@@ -4,7 +4,7 @@ import pytest
 import simpy
 
 from pssim.cluster.layout import Layout
-from pssim.config import TopologyConfig
+from pssim.cluster.topologies import Star
 from pssim.network import FlowNetwork, leaf_spine
 from test_network import GB, run_flows, transport
 
@@ -36,8 +36,8 @@ def test_oversubscribed_uplink_through_the_whole_simulator():
     from pssim import simulate
     from conftest import fast
 
-    base = fast(cluster__workers=8, cluster__servers=4, train__numerics=False, train__steps=5, topology__name="two_tier",
-                topology__hosts_per_rack=3, profile__name="resnet50")
+    base = fast(cluster__workers=8, cluster__servers=4, train__numerics=False, train__steps=5, topology="two_tier",
+                topology__hosts_per_rack=3, profile="resnet50")
     blocking = simulate(**base, **{"topology.oversubscription": 3.0})
     fair = simulate(**base, **{"topology.oversubscription": 1.0})
     assert blocking.summary["sim_time_s"] > fair.summary["sim_time_s"]
@@ -68,7 +68,7 @@ def test_machines_with_several_gpus_reach_each_other_over_the_intra_node_fabric(
     assert layout.machines == ("machine0", "machine1") and layout.cpu_machines == ("cpu0",)
     assert layout.gpus[5] == "machine1.gpu1" and list(layout.local_workers(1)) == [4, 5, 6, 7]
     nic, nvlink = transport(name="nic"), transport(bandwidth=150 * GB, name="nvlink")
-    topo = layout.topology(TopologyConfig(), nic, nvlink)
+    topo = layout.topology(Star(), nic, nvlink)
     inside = [l.transport.name for l in topo.route("machine0.gpu0", "machine0.gpu3")]
     across = [l.transport.name for l in topo.route("machine0.gpu0", "machine1.gpu0")]
     assert inside == ["nvlink", "nvlink"]

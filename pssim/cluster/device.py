@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pssim.registry import Registry
+
 
 @dataclass(frozen=True)
 class Device:
@@ -32,7 +34,8 @@ class Device:
 
 
 TFLOPS = 1e12
-DEVICES: dict[str, Device] = {
+DEVICES: Registry[Device] = Registry("cluster.device")
+DEVICES.update({
     d.name: d
     for d in (
         Device("v100", 15.7 * TFLOPS, 125 * TFLOPS),
@@ -41,4 +44,4 @@ DEVICES: dict[str, Device] = {
         Device("t4", 8.1 * TFLOPS, 65 * TFLOPS, efficiency_fp32=0.5, efficiency_fp16=0.3),
         Device("cpu", 2 * TFLOPS, 2 * TFLOPS, efficiency_fp32=0.3, efficiency_fp16=0.3, overhead_s=20e-6),
     )
-}
+})

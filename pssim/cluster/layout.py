@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pssim.network.topology import Topology, leaf_spine, star
+from pssim.network.topology import Topology
 from pssim.network.transport import Transport
 
 
@@ -47,11 +47,7 @@ class Layout:
 
     def topology(self, topo_cfg, nic: Transport, intra: Transport) -> Topology:
         """The network of NICs (star or racks) plus, with g > 1, each GPU's intra-node link."""
-        if topo_cfg.name == "star":
-            topo = star(self.endpoints, nic)
-        else:
-            topo = leaf_spine(self.endpoints, nic, topo_cfg.hosts_per_rack, topo_cfg.spines,
-                              topo_cfg.oversubscription)
+        topo = topo_cfg.build(self.endpoints, nic)
         if self.gpus_per_machine > 1:
             for i, gpu in enumerate(self.gpus):
                 topo.add_duplex(gpu, self.machines[self.machine_of(i)], intra)

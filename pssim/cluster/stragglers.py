@@ -1,7 +1,9 @@
 """Straggler models: a per-step slowdown of one worker's compute, each worker with its own generator.
 
-A model maps a step's ideal compute time c to its actual time. Every worker draws from its own
-numpy Generator (spawned from the run's seed), so adding a worker never changes another's draws.
+Each model is a config schema (its keys, their checks) with a `slowdown(rng, c)` rule mapping a step's
+ideal compute time c to its actual time; presets of the `stragglers` group (pssim/conf/stragglers/)
+give the values. Every worker draws from its own numpy Generator (spawned from the run's seed), so
+adding a worker never changes another's draws.
 """
 
 from __future__ import annotations
@@ -9,62 +11,114 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from omegaconf import MISSING
 
-from pssim.config import StragglerConfig
+from pssim.config import StragglerConfig, require
+from pssim.registry import Registry
+
+STRAGGLER_MODELS: Registry[type[StragglerConfig]] = Registry("stragglers.model")
+
+
+def straggler_model(cls):
+    """Class decorator: make a straggler schema available as `stragglers=<its model name>`."""
+    STRAGGLER_MODELS[cls.model] = cls
+    return cls
+
+
+@straggler_model
+@dataclass
+class NoStragglers(StragglerConfig):
+    """Every step takes exactly its device time."""
+
+    model: str = "none"
+
+    def slowdown(self, rng: np.random.Generator, c: float) -> float:
+        return c
+
+
+@straggler_model
+@dataclass
+class Exponential(StragglerConfig):
+    """c + Exp(rate 1/mean_s): BSP's iteration then grows like c + H_n * mean_s."""
+
+    model: str = "exponential"
+    mean_s: float = MISSING
+
+    def check(self, config) -> None:
+        require(self.mean_s >= 0, "stragglers.mean_s", self.mean_s, "must be >= 0")
+
+    def slowdown(self, rng, c):
+        return c + (rng.exponential(self.mean_s) if self.mean_s > 0 else 0.0)
+
+
+@straggler_model
+@dataclass
+class Lognormal(StragglerConfig):
+    """c + exp(N(mu, sigma)): a heavy right tail (occasional long stalls)."""
+
+    model: str = "lognormal"
+    mu: float = MISSING
+    sigma: float = MISSING
+
+    def check(self, config) -> None:
+        require(self.sigma >= 0, "stragglers.sigma", self.sigma, "must be >= 0")
+
+    def slowdown(self, rng, c):
+        return c + float(rng.lognormal(self.mu, self.sigma))
+
+
+@straggler_model
+@dataclass
+class Pareto(StragglerConfig):
+    """c + scale_s * Lomax(alpha): a power-law tail; infinite variance for alpha <= 2."""
+
+    model: str = "pareto"
+    scale_s: float = MISSING
+    alpha: float = MISSING
+
+    def check(self, config) -> None:
+        require(self.scale_s >= 0, "stragglers.scale_s", self.scale_s, "must be >= 0")
+        require(self.alpha > 0, "stragglers.alpha", self.alpha, "must be > 0")
+
+    def slowdown(self, rng, c):
+        return c + self.scale_s * float(rng.pareto(self.alpha))
+
+
+@straggler_model
+@dataclass
+class SlowWorker(StragglerConfig):
+    """Persistently slow: worker `worker` takes `factor` times as long on every step (a slower or
+    throttled device); every other worker is not slowed."""
+
+    model: str = "slow_worker"
+    worker: int = MISSING
+    factor: float = MISSING
+
+    def check(self, config) -> None:
+        require(self.factor >= 1, "stragglers.factor", self.factor, "must be >= 1")
+        n = config.cluster.workers
+        require(0 <= self.worker < n, "stragglers.worker", self.worker, f"must be a worker index in [0, {n - 1}]")
+
+    def slowdown(self, rng, c):
+        return c * self.factor
 
 
 @dataclass
 class Straggler:
-    """The slowdown of one worker: `model` names one of STRAGGLER_MODELS, `cfg` holds its parameters."""
+    """The slowdown of one worker: its model's rule with the worker's own generator."""
 
-    model: str
+    model: StragglerConfig
     rng: np.random.Generator
-    cfg: StragglerConfig
 
     def __call__(self, compute_s: float) -> float:
         """The actual duration of a step whose ideal compute time is `compute_s`."""
-        return STRAGGLER_MODELS[self.model](self, compute_s)
+        return self.model.slowdown(self.rng, compute_s)
 
 
-def _none(s: Straggler, c: float) -> float:
-    return c
-
-
-def _exponential(s: Straggler, c: float) -> float:
-    """c + Exp(rate 1/mean_s): BSP's iteration then grows like c + H_n * mean_s."""
-    return c + (s.rng.exponential(s.cfg.mean_s) if s.cfg.mean_s > 0 else 0.0)
-
-
-def _lognormal(s: Straggler, c: float) -> float:
-    """c + exp(N(mu, sigma)): a heavy right tail (occasional long stalls)."""
-    return c + float(s.rng.lognormal(s.cfg.mu, s.cfg.sigma))
-
-
-def _pareto(s: Straggler, c: float) -> float:
-    """c + scale_s * Lomax(alpha): a power-law tail; infinite variance for alpha <= 2."""
-    return c + s.cfg.scale_s * float(s.rng.pareto(s.cfg.alpha))
-
-
-def _slow_worker(s: Straggler, c: float) -> float:
-    """Persistently slow: every step takes `factor` times as long (a slower or throttled device)."""
-    return c * s.cfg.factor
-
-
-STRAGGLER_MODELS = {
-    "none": _none,
-    "exponential": _exponential,
-    "lognormal": _lognormal,
-    "pareto": _pareto,
-    "slow_worker": _slow_worker,
-}
-
-
-def make_stragglers(cfg, workers: int, rngs) -> list[Straggler]:
-    """One Straggler per worker from a StragglerConfig; only cfg.worker is slow under slow_worker."""
+def make_stragglers(model: StragglerConfig, workers: int, rngs) -> list[Straggler]:
+    """One Straggler per worker; under slow_worker only `model.worker` is slowed."""
     out = []
     for w in range(workers):
-        model = cfg.model
-        if model == "slow_worker" and w != cfg.worker:
-            model = "none"
-        out.append(Straggler(model, rngs.generator(f"stragglers/{w}"), cfg))
+        own = model if not (isinstance(model, SlowWorker) and w != model.worker) else NoStragglers()
+        out.append(Straggler(own, rngs.generator(f"stragglers/{w}")))
     return out

@@ -61,7 +61,9 @@ class ParameterServers:
     def _push_shard(self, worker, shard: ServerShard, grad, on_arrival: Callable):
         yield self.network.send(worker.host, shard.host, shard.nbytes, f"push w{worker.index}")
         yield from shard.cpu.work(shard.nbytes * self.receive_cpu, f"recv w{worker.index}")
-        return on_arrival(shard, worker, None if grad is None else grad[shard.lo:shard.hi])
+        result = on_arrival(shard, worker, None if grad is None else grad[shard.lo:shard.hi])
+        worker.delivered += 1
+        return result
 
     def pull(self, worker, min_version: int = 0):
         """Fetch every shard once its version is >= min_version; returns (params, per-shard versions)."""

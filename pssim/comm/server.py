@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import simpy
-import torch
+import torch  # noqa: F401  (annotations)
 
-from pssim.workload.optimizer import SGD
+from pssim.workload.state import ModelState
 
 
 class Cpu:
@@ -35,23 +35,21 @@ class ServerShard:
     """
 
     def __init__(self, env: simpy.Environment, index: int, host: str, lo: int, hi: int, nbytes: float,
-                 params: torch.Tensor | None, optimizer: SGD):
+                 state: ModelState | None):
         self.env = env
         self.index = index
         self.host = host
         self.lo, self.hi = lo, hi
         self.nbytes = nbytes  # on the wire (the timing profile's share), not the numerics' size
-        self.params = params[lo:hi] if params is not None else None  # a view into the global vector
-        self.momentum = torch.zeros_like(self.params) if self.params is not None else None
-        self.optimizer = optimizer
+        self.state = state  # a view of the model's parameters [lo, hi) and their optimizer state
         self.version = 0
         self.cpu = Cpu(env, host)
         self._waiters: list[tuple[int, simpy.Event]] = []
 
     def apply(self, grad: torch.Tensor | None, scale: float = 1.0) -> None:
         """One optimizer step with grad * scale (skipped in timing-only runs); the version advances."""
-        if self.params is not None and grad is not None:
-            self.optimizer.step(self.params, grad * scale if scale != 1.0 else grad, self.momentum)
+        if self.state is not None:
+            self.state.step(grad, scale)
         self.version += 1
         ready = [w for w in self._waiters if w[0] <= self.version]
         self._waiters = [w for w in self._waiters if w[0] > self.version]
@@ -68,4 +66,4 @@ class ServerShard:
         return event
 
     def snapshot(self) -> torch.Tensor | None:
-        return self.params.clone() if self.params is not None else None
+        return self.state.snapshot() if self.state is not None else None

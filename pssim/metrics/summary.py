@@ -19,10 +19,12 @@ def _mean(series: pd.Series) -> float | None:
     return float(series.mean()) if len(series) else None
 
 
-def summarize(sim, steps: pd.DataFrame, evals: pd.DataFrame) -> dict:
-    """Headline metrics; every key is documented in docs/OUTPUTS.md."""
-    c = sim.config
-    samples = sim.global_step * sim.policy.gradients_per_update * c.train.batch_size
+def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, steps: pd.DataFrame,
+              evals: pd.DataFrame) -> dict:
+    """Headline metrics of a finished run (its RunContext); every key is documented in docs/OUTPUTS.md."""
+    c = ctx.config
+    global_steps = ctx.progress.global_step
+    samples = global_steps * gradients_per_update * c.train.batch_size
     last = evals.iloc[-1] if not evals.empty else None
     return {
         "policy": c.policy.name,
@@ -32,10 +34,10 @@ def summarize(sim, steps: pd.DataFrame, evals: pd.DataFrame) -> dict:
         "workload": c.workload.name,
         "device": c.cluster.device,
         "seed": c.seed,
-        "global_steps": sim.global_step,
+        "global_steps": global_steps,
         "samples": samples,
-        "sim_time_s": sim.sim_time,
-        "throughput_samples_per_s": samples / sim.sim_time if sim.sim_time > 0 else None,
+        "sim_time_s": sim_time,
+        "throughput_samples_per_s": samples / sim_time if sim_time > 0 else None,
         "mean_iteration_s": _mean(steps["comm_end"] - steps["compute_start"]),
         "mean_compute_s": _mean(steps["compute_end"] - steps["compute_start"]),
         "mean_communication_s": _mean(steps["comm_end"] - steps["compute_end"]),
@@ -45,9 +47,9 @@ def summarize(sim, steps: pd.DataFrame, evals: pd.DataFrame) -> dict:
         "final_accuracy": float(last["accuracy"]) if last is not None else None,
         "target_loss": c.train.target_loss,
         "time_to_target_s": _time_to_target(evals, c.train.target_loss),
-        "bytes_sent": sim.network.bytes_delivered,
-        "wall_s": sim.wall_s,
-        "events": sim.env.events,
+        "bytes_sent": ctx.network.bytes_delivered,
+        "wall_s": wall_s,
+        "events": ctx.env.events,
     }
 
 

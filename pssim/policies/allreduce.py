@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 from pssim.comm.collectives import hierarchical_allreduce, ring_allreduce
+from dataclasses import dataclass
+
 from pssim.comm.fusion import fusion_buffers
+from pssim.config import require
 from pssim.policies.base import register
-from pssim.policies.replicated import ReplicatedDataParallel
+from pssim.policies.replicated import ReplicatedConfig, ReplicatedDataParallel
+
+
+@dataclass
+class AllReduceConfig(ReplicatedConfig):
+    name: str = "allreduce"
+    # Gradients are grouped into fusion buffers of this many bytes (backward order): Horovod's
+    # HOROVOD_FUSION_THRESHOLD default of 64 MiB.
+    fusion_bytes: int = 64 * 1024 * 1024
+    # Reduce inside the machine, ring across machines, broadcast inside.
+    hierarchical: bool = False
+
+    def check(self, config) -> None:
+        super().check(config)
+        require(self.fusion_bytes >= 1, "policy.fusion_bytes", self.fusion_bytes, "must be >= 1")
 
 
 @register("allreduce")
@@ -16,12 +33,12 @@ class RingAllReduce(ReplicatedDataParallel):
     a ring per local rank across machines, all-gather inside (Horovod's hierarchical mode).
     """
 
-    fusion_bytes = 64 * 1024 * 1024  # HOROVOD_FUSION_THRESHOLD's default
+    Config = AllReduceConfig
 
-    def __init__(self, sim):
-        super().__init__(sim)
-        self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes or self.fusion_bytes)
-        self.ring = [w.host for w in sim.workers]
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes)
+        self.ring = [w.host for w in self.workers]
         self.hierarchical = self.cfg.hierarchical and self.layout.gpus_per_machine > 1
 
     def communicate(self, start, durations, records):

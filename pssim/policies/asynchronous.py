@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import count
 
+from pssim.config import PolicyConfig, one_of
 from pssim.policies.base import Policy, register
+
+
+@dataclass
+class AsyncConfig(PolicyConfig):
+    name: str = "async"
+    # Each applied gradient (with its weight decay) is scaled by 1/workers ("mean") or not ("sum").
+    gradient_scale: str = "mean"
+
+    def check(self, config) -> None:
+        one_of("policy.gradient_scale", self.gradient_scale, ("mean", "sum"))
 
 
 @register("async")
@@ -12,30 +24,36 @@ class Asynchronous(Policy):
     """Each shard applies a gradient the moment it arrives; the worker then pulls the newest version.
 
     Staleness of a gradient = the shard's version when it is applied - the version it was computed on.
-    policy.gradient_scale=mean scales each gradient by 1/n, so that n applied gradients move the model
+    A worker's clock is the number of its gradients the servers have applied; `clock_lead` records how
+    far ahead of the slowest worker it was when it began a step (unbounded under ASP).
+    policy.gradient_scale=mean scales each update by 1/n, so that n applied gradients move the model
     as far as one BSP step does and train.lr means the same under every policy; =sum applies it whole.
     """
 
-    def __init__(self, sim):
-        super().__init__(sim)
+    Config = AsyncConfig
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
         self.scale = 1.0 / self.n if self.cfg.gradient_scale == "mean" else 1.0
+        self.clocks = [0] * self.n
 
     def worker(self, w):
-        params, versions = self.sim.initial_params, [0] * len(self.ps.shards)
+        params, versions = self.ctx.initial_params, [0] * len(self.servers.shards)
         for step in count():
-            grad = yield from w.compute(params, step, min(versions))
-            staleness = yield from self.ps.push(w, grad, self.apply_on_arrival(versions))
+            grad = yield from w.compute(params, step, min(versions), clock_lead=step - min(self.clocks))
+            yield from self.servers.push(w, grad, self.apply_on_arrival(versions))
+            self.clocks[w.index] = step + 1
             yield from self.before_pull(w, step + 1)
-            params, versions = yield from self.ps.pull(w)
-            w.finish_step(staleness=max(staleness))
+            params, versions = yield from self.servers.pull(w)
+            w.finish_step()
 
     def apply_on_arrival(self, versions_used: list[int]):
-        """Server rule: apply at once and report how many updates the gradient missed."""
+        """Server rule: apply at once and record how many updates the gradient missed."""
 
-        def on_arrival(shard, worker, grad) -> int:
+        def on_arrival(shard, worker, grad) -> None:
             staleness = shard.version - versions_used[shard.index]
-            self.ps.apply(shard, grad, self.scale)
-            return staleness
+            worker.current.staleness = max(worker.current.staleness, staleness)
+            self.servers.apply(shard, grad, self.scale)
 
         return on_arrival
 

@@ -7,8 +7,23 @@ import math
 from dataclasses import dataclass
 
 from pssim.comm.collectives import broadcast_from_host, reduce_to_host
+from pssim.config import require
 from pssim.policies.base import register
-from pssim.policies.replicated import ReplicatedDataParallel
+from pssim.policies.replicated import ReplicatedConfig, ReplicatedDataParallel
+
+
+@dataclass
+class BytePSConfig(ReplicatedConfig):
+    name: str = "byteps"
+    # Tensors are cut into partitions of this many bytes, one key each (BYTEPS_PARTITION_BYTES).
+    partition_bytes: int = 4_096_000
+    # At most credit partitions of push bytes in flight per machine.
+    credit: int = 4
+
+    def check(self, config) -> None:
+        super().check(config)
+        require(self.partition_bytes >= 1, "policy.partition_bytes", self.partition_bytes, "must be >= 1")
+        require(self.credit >= 1, "policy.credit", self.credit, "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -65,8 +80,10 @@ class BytePS(ReplicatedDataParallel):
     k CPU machines = cluster.cpu_machines; k=0 moves all-reduce's traffic, k=n a non-colocated PS's.
     """
 
-    def __init__(self, sim):
-        super().__init__(sim)
+    Config = BytePSConfig
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
         n, k = len(self.layout.machines), len(self.layout.cpu_machines)
         self.servers = self.summation_services([*self.layout.cpu_machines, *self.layout.machines], "byteps")
         self.partitions = place_partitions([l.nbytes for l in self.profile.layers],

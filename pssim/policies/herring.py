@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from pssim.comm.collectives import broadcast_from_host, reduce_to_host
+from dataclasses import dataclass
+
 from pssim.comm.fusion import fusion_buffers
+from pssim.config import require
 from pssim.policies.base import register
-from pssim.policies.replicated import ReplicatedDataParallel
+from pssim.policies.replicated import ReplicatedConfig, ReplicatedDataParallel
+
+
+@dataclass
+class HerringConfig(ReplicatedConfig):
+    name: str = "herring"
+    # Fusion buffer threshold: 25 MiB, the bucket size of PyTorch DDP, whose API Herring serves.
+    fusion_bytes: int = 25 * 1024 * 1024
+
+    def check(self, config) -> None:
+        super().check(config)
+        require(self.fusion_bytes >= 1, "policy.fusion_bytes", self.fusion_bytes, "must be >= 1")
 
 
 @register("herring")
@@ -21,11 +35,11 @@ class Herring(ReplicatedDataParallel):
     ring's volume) in 2 hops instead of the ring's 2(N-1).
     """
 
-    fusion_bytes = 25 * 1024 * 1024  # the bucket size of PyTorch DDP, whose API Herring serves
+    Config = HerringConfig
 
-    def __init__(self, sim):
-        super().__init__(sim)
-        self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes or self.fusion_bytes)
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes)
         self.hosts = list(self.layout.machines)
         self.servers = self.summation_services(self.hosts, "herring")
 

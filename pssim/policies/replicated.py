@@ -7,10 +7,21 @@ the n gradients, applied once per step, exactly as BSP does.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import count
 
 from pssim.comm.summation import SummationService
+from pssim.config import PolicyConfig, require
 from pssim.policies.base import Policy, mean_gradient
+
+
+@dataclass
+class ReplicatedConfig(PolicyConfig):
+    """Keys shared by the replicated-model policies; each of them subclasses it."""
+
+    def check(self, config) -> None:
+        require(config.cluster.gpus_per_worker == 1, "cluster.gpus_per_worker", config.cluster.gpus_per_worker,
+                f"must be 1 for policy {self.name}: its workers are one GPU each")
 
 
 class ReplicatedDataParallel(Policy):
@@ -22,46 +33,49 @@ class ReplicatedDataParallel(Policy):
     algorithm) returns when every worker holds the summed gradient; then the optimizer step.
     """
 
+    Config = ReplicatedConfig
     uses_servers = False
 
-    def __init__(self, sim):
-        super().__init__(sim)
+    def __init__(self, ctx):
+        super().__init__(ctx)
         self.gradients_per_update = self.n
-        self.network = sim.network
-        self.layout = sim.layout
-        self.profile = sim.workload.profile
-        self.machines = [[sim.workers[i].host for i in self.layout.local_workers(m)]
+        self.network = ctx.network
+        self.layout = ctx.cluster.layout
+        self.profile = ctx.workload.profile
+        self.machines = [[self.workers[i].host for i in self.layout.local_workers(m)]
                          for m in range(len(self.layout.machines))]
 
     def start(self) -> None:
-        self.env.process(self.run())
+        self.processes = [self.env.process(self.run())]
 
     def run(self):
-        params = self.sim.params
+        model = self.ctx.model
+        params = model.params if model is not None else None
         for step in count():
             start = self.env.now
-            records = [w.begin_step(step, version=step) for w in self.sim.workers]
-            durations = [w.step_duration() for w in self.sim.workers]
+            records = [w.begin_step(step, version=step) for w in self.workers]
+            durations = [w.step_duration() for w in self.workers]
             for rec, d in zip(records, durations):
                 rec.compute_end = start + d
-            before = {w.host: self.network.sent[w.host] for w in self.sim.workers}
-            received = {w.host: self.network.received[w.host] for w in self.sim.workers}
+            before = {w.host: self.network.sent[w.host] for w in self.workers}
+            received = {w.host: self.network.received[w.host] for w in self.workers}
             yield from self.communicate(start, durations, records)
             if self.env.now < start + max(durations):  # nothing left to send, backward still running
                 yield self.env.timeout(start + max(durations) - self.env.now)
-            self.sim.apply_update(mean_gradient([w.gradient(params, step) for w in self.sim.workers]))
-            for w, rec in zip(self.sim.workers, records):
+            if model is not None:
+                model.step(mean_gradient([w.gradient(params, step) for w in self.workers]))
+            for w, rec in zip(self.workers, records):
                 rec.bytes_sent = int(self.network.sent[w.host] - before[w.host])
                 rec.bytes_received = int(self.network.received[w.host] - received[w.host])
-                w.finish_step(staleness=0)
-            self.sim.progress(step + 1)
+                w.finish_step()
+            self.ctx.progress.advance(step + 1)
 
     def summation_services(self, hosts: list[str], tag: str) -> list[SummationService]:
         """One summation service per host (cluster.server_cores cores each), its CPU shown in the trace."""
-        c = self.sim.config.cluster
+        c = self.ctx.config.cluster
         services = [SummationService(self.env, self.network, host, c.server_cores, c.aggregation_ns_per_byte * 1e-9,
-                                     self.sim.transport.cpu_s_per_byte, tag) for host in hosts]
-        self.sim.cpus += [s.cpu for s in services]
+                                     self.ctx.cluster.nic.cpu_s_per_byte, tag) for host in hosts]
+        self.ctx.recorder.add_cpus(s.cpu for s in services)
         return services
 
     def ready_time(self, start: float, durations: list[float], workers, fraction: float) -> float:

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
-from pssim.policies.asynchronous import Asynchronous
+from dataclasses import dataclass
+
+from pssim.config import require
+from pssim.policies.asynchronous import AsyncConfig, Asynchronous
 from pssim.policies.base import register
+
+
+@dataclass
+class SSPConfig(AsyncConfig):
+    name: str = "ssp"
+    # A worker at clock c waits while c - min_clock > staleness.
+    staleness: int = 3
+
+    def check(self, config) -> None:
+        super().check(config)
+        require(self.staleness >= 0, "policy.staleness", self.staleness, "must be >= 0")
 
 
 @register("ssp")
@@ -15,14 +29,14 @@ class StaleSynchronous(Asynchronous):
     every update of clocks < c - s (and possibly more). s=0 is BSP; s=infinity is ASP.
     """
 
-    def __init__(self, sim):
-        super().__init__(sim)
+    Config = SSPConfig
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
         self.staleness = self.cfg.staleness
-        self.clocks = [0] * self.n
         self._waiting: list[tuple[int, object]] = []
 
     def before_pull(self, w, next_clock: int):
-        self.clocks[w.index] = next_clock
         self._release()
         if next_clock - min(self.clocks) > self.staleness:
             gate = self.env.event()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pssim.registry import Registry
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -50,4 +52,5 @@ def _split(x: np.ndarray, y: np.ndarray, train: int, dtype: torch.dtype) -> Data
     return Dataset(xt[:train], yt[:train], xt[train:], yt[train:])
 
 
-DATASETS = {"teacher": teacher, "gaussian_mixture": gaussian_mixture}
+DATASETS = Registry("workload.dataset")
+DATASETS.update(teacher=teacher, gaussian_mixture=gaussian_mixture)

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pssim.registry import Registry
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -79,4 +81,5 @@ def mlp(features: int, classes: int, hidden: list[int]) -> Model:
     return Model("mlp", [features, *hidden, classes])
 
 
-MODELS = {"softmax": softmax, "mlp": mlp}
+MODELS = Registry("workload.name")
+MODELS.update(softmax=softmax, mlp=mlp)

@@ -17,9 +17,15 @@ class SGD:
     momentum: float = 0.0
     weight_decay: float = 0.0
 
-    def step(self, param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor) -> None:
-        """param -= lr * (momentum * buf + grad + weight_decay * param), updating buf in place."""
+    def step(self, param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, scale: float = 1.0) -> None:
+        """param -= lr * (momentum * buf + d), d = scale * (grad + weight_decay * param); buf updated in place.
+
+        `scale` multiplies the whole direction, weight decay included: an asynchronous server that
+        applies each of n gradients at 1/n must also decay at 1/n, or it decays n times too strongly.
+        """
         d = grad.add(param, alpha=self.weight_decay) if self.weight_decay else grad
+        if scale != 1.0:
+            d = d * scale
         if self.momentum:
             buf.mul_(self.momentum).add_(d)
             d = buf

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pssim.registry import Registry
+
 BYTES_PER_PARAM = 4  # fp32 gradients on the wire
 
 
@@ -122,7 +124,8 @@ def bert_large(seq: int = 128, masked: int = 20) -> Profile:
     return Profile("bert_large", tuple(layers))
 
 
-PROFILES = {"model": None, "resnet50": resnet50, "vgg16": vgg16, "bert_large": bert_large}
+PROFILES = Registry("profile.name")
+PROFILES.update(model=None, resnet50=resnet50, vgg16=vgg16, bert_large=bert_large)
 
 
 def from_model(model) -> Profile:

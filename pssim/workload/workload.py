@@ -24,22 +24,30 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class Workload:
     """Real gradients of a real model on generated data, plus the sizes and FLOPs timing needs."""
 
-    def __init__(self, cfg, workers: int, batch_size: int, streams: Streams, profile: str = "model"):
+    def __init__(self, cfg, workers: int, batch_size: int, streams: Streams, profile: str = "model",
+                 numerics: bool = True):
+        """With numerics=False (timing only) no data is generated and there are no shards."""
         self.dtype = DTYPES[cfg.dtype]
-        self.model = MODELS[cfg.name](cfg.features, cfg.classes, list(cfg.hidden))
+        self.model = MODELS.lookup(cfg.name)(cfg.features, cfg.classes, list(cfg.hidden))
         self.profile = make_profile(profile, self.model)
-        self.data = DATASETS[cfg.dataset](
-            streams.generator("data/generate"), cfg.features, cfg.classes, cfg.train_samples,
-            cfg.eval_samples, self.dtype, separation=cfg.separation)
         self.workers = workers
         self.batch_size = batch_size
         self._streams = streams
-        shard = cfg.train_samples // workers
-        order = streams.generator("data/partition").permutation(cfg.train_samples)
-        self.shards = [order[w * shard:(w + 1) * shard] for w in range(workers)]
-        self.batches_per_epoch = shard // batch_size
+        self.data, self.shards, self.batches_per_epoch = None, [], 0
         self._epoch_order = lru_cache(maxsize=4 * workers)(self._epoch_order_uncached)
         self._init_seed = streams.torch_seed("model/init")
+        if numerics:
+            self._generate(cfg)
+
+    def _generate(self, cfg) -> None:
+        """The data set, and each worker's shard of it."""
+        self.data = DATASETS.lookup(cfg.dataset)(
+            self._streams.generator("data/generate"), cfg.features, cfg.classes, cfg.train_samples,
+            cfg.eval_samples, self.dtype, separation=cfg.separation)
+        shard = cfg.train_samples // self.workers
+        order = self._streams.generator("data/partition").permutation(cfg.train_samples)
+        self.shards = [order[w * shard:(w + 1) * shard] for w in range(self.workers)]
+        self.batches_per_epoch = shard // self.batch_size
 
     # -- sizes and costs ----------------------------------------------------------------------------
     @property

@@ -1,0 +1,146 @@
+"""One source of configuration: the presets in pssim/conf/, composed by Hydra for the command line and
+for Python alike, plus the validation that needs every registry.
+
+`compose(overrides)` builds exactly the config `python -m pssim <overrides>` runs: the same defaults
+list, the same presets, the same override grammar. This module and `pssim/__main__.py` are the only
+ones that import Hydra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pssim.cluster.device import DEVICES
+from pssim.cluster.stragglers import STRAGGLER_MODELS
+from pssim.cluster.topologies import TOPOLOGIES
+from pssim.config import Config, ConfigError, check_core
+from pssim.policies import POLICIES
+from pssim.workload.data import DATASETS
+from pssim.workload.models import MODELS
+from pssim.workload.profiles import PROFILES
+
+CONFIG_DIR = Path(__file__).parent / "conf"
+# Config groups a user picks a preset of; policy is added with `+` (sync is the default policy).
+GROUPS = ("policy", "network", "intra", "topology", "stragglers", "workload", "profile")
+# The key that names a group's preset: setting it alone would relabel, not load, a preset.
+NAME_KEYS = {"policy.name": "policy", "network.name": "network", "intra.name": "intra",
+             "topology.name": "topology", "stragglers.model": "stragglers", "workload.name": "workload",
+             "profile.name": "profile"}
+
+
+def register_schemas() -> None:
+    """Put every schema in Hydra's ConfigStore: the root, and each policy's, straggler model's and
+    topology's own (the presets in conf/ extend them), so a misspelt key fails to compose."""
+    cs = ConfigStore.instance()
+    cs.store(name="pssim_schema", node=Config)
+    for name, cls in POLICIES.items():
+        cs.store(group="policy", name=f"{name}_schema", node=cls.Config)
+    for name, schema in STRAGGLER_MODELS.items():
+        cs.store(group="stragglers", name=f"{name}_schema", node=schema)
+    for name, schema in TOPOLOGIES.items():
+        cs.store(group="topology", name=f"{name}_schema", node=schema)
+    if not OmegaConf.has_resolver("pssim_suffix"):
+        OmegaConf.register_new_resolver("pssim_suffix", lambda s: f"_{s}" if s else "")
+
+
+def presets(group: str) -> list[str]:
+    """The presets of a config group, e.g. presets("network") -> ["efa_100g", ...]."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(overrides: Iterable[str]) -> None:
+    """Refuse `network.name=tcp_25g` and the like: a name key relabels a run without loading its
+    preset (the values would stay the default's). A new name for a custom set of values is allowed."""
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        group = NAME_KEYS.get(key)
+        if group is None:
+            continue
+        if group == "policy" or value in presets(group):
+            pick = f"+policy={value}" if group == "policy" else f"{group}={value}"
+            raise ConfigError(f"{key}={value} does not load the preset; choose it with {pick} "
+                              f"(Python: simulate({group}={value!r})); allowed values are "
+                              + ", ".join(presets(group)))
+
+
+def compose(overrides: Iterable[str] = ()) -> DictConfig:
+    """The config `python -m pssim <overrides>` would run (Hydra's own composition of pssim/conf)."""
+    overrides = list(overrides)
+    check_overrides(overrides)
+    register_schemas()
+    if GlobalHydra.instance().is_initialized():  # e.g. called from inside a Hydra app
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def _as_override(key: str, value: Any) -> str | None:
+    """A keyword argument naming a group (network="tcp_25g") selects its preset."""
+    if key in GROUPS and isinstance(value, str):
+        return f"+policy={value}" if key == "policy" else f"{key}={value}"
+    return None
+
+
+def to_config(config: Any = None, **overrides: Any) -> Config:
+    """A validated Config from any of: None (the defaults), a list of command-line override strings,
+    a Config, a DictConfig (already composed) or a dict of dotted keys; then keyword overrides,
+    where a group name selects a preset (`policy="byteps"`, `network="tcp_25g"`) and a dotted key sets
+    a value (`**{"cluster.workers": 8}`).
+
+    >>> to_config(["+policy=ssp", "cluster.workers=8"], **{"policy.staleness": 2}).policy.staleness
+    2
+    """
+    picks = [o for k, v in overrides.items() if (o := _as_override(k, v))]
+    if isinstance(config, (Config, DictConfig)):
+        if picks:
+            raise ConfigError(f"{picks[0]}: presets are chosen when composing; pass a list of overrides "
+                              "or a dict instead of a composed config")
+        cfg = OmegaConf.structured(config) if isinstance(config, Config) else config.copy()
+        OmegaConf.set_struct(cfg, True)
+    else:
+        strings = list(config) if isinstance(config, (list, tuple)) else []
+        overrides = {**(dict(config) if isinstance(config, dict) else {}), **overrides}
+        picks = [o for k, v in overrides.items() if (o := _as_override(k, v))]
+        overrides = {k: v for k, v in overrides.items() if _as_override(k, v) is None}
+        cfg = compose(strings + picks)
+    check_overrides(f"{k}={v}" for k, v in overrides.items())
+    for key, value in overrides.items():
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{key}={value!r} is invalid: {str(err).splitlines()[0]}") from None
+    try:
+        result = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    validate(result)
+    return result
+
+
+def validate(c: Config) -> None:
+    """Raise ConfigError for the first out-of-range value, naming the key and what is allowed: the core
+    keys, every registry name, and each policy's, straggler model's and topology's own keys."""
+    check_core(c)
+    DEVICES.lookup(c.cluster.device)
+    for i, name in enumerate(c.cluster.worker_devices):
+        DEVICES.lookup(name, f"cluster.worker_devices[{i}]")
+    MODELS.lookup(c.workload.name)
+    DATASETS.lookup(c.workload.dataset)
+    PROFILES.lookup(c.profile.name)
+    POLICIES.lookup(c.policy.name)
+    STRAGGLER_MODELS.lookup(c.stragglers.model)
+    TOPOLOGIES.lookup(c.topology.name)
+    for part in (c.policy, c.stragglers, c.topology):
+        part.check(c)
