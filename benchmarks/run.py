@@ -52,14 +52,15 @@ from pssim.workload.workload import Workload
 
 QUIET = {"output.progress": False, "output.trace": False}
 
-# name -> config overrides (dotted keys of pssim.config.Config). Each runs in a few seconds here.
+# name -> simulate() keywords: a group name picks a preset (policy="ssp"), a dotted key sets a value.
+# Each runs in a few seconds here.
 SCENARIOS: dict[str, dict] = {
     "default": {},  # 4 workers, 1 server, sync, 200 steps
-    "async16": {"cluster.workers": 16, "policy.name": "async", "train.steps": 400},
-    "ssp16_stragglers": {"cluster.workers": 16, "policy.name": "ssp", "policy.staleness": 3,
-                         "stragglers.model": "exponential", "stragglers.mean_s": 0.001,
+    "async16": {"cluster.workers": 16, "policy": "async", "train.steps": 400},
+    "ssp16_stragglers": {"cluster.workers": 16, "policy": "ssp", "policy.staleness": 3,
+                         "stragglers": "exponential", "stragglers.mean_s": 0.001,
                          "train.steps": 400},
-    "sync32_timing": {"cluster.workers": 32, "policy.name": "sync", "train.numerics": False,
+    "sync32_timing": {"cluster.workers": 32, "policy": "sync", "train.numerics": False,
                       "train.steps": 200},
     "sync8_servers4": {"cluster.workers": 8, "cluster.servers": 4, "train.steps": 200},
 }
@@ -68,13 +69,10 @@ SCENARIOS: dict[str, dict] = {
 # resnet50's timing profile, 25 GbE with TCP. Equivalent to
 #   python -m pssim +policy=NAME cluster.workers=64 cluster.gpus_per_machine=8 \
 #       cluster.cpu_machines=4 profile=resnet50 network=tcp_25g train.steps=10
-# (a network.name override does not load the preset, so the tcp_25g preset's values are spelled out).
-TCP_25G = {"network.name": "tcp_25g", "network.bandwidth_gbps": 25, "network.flow_cap_gbps": 20,
-           "network.efficiency": 0.92, "network.latency_us": 20, "network.cpu_ns_per_byte": 0.3}
 for _policy in ("allreduce", "byteps", "herring"):
-    SCENARIOS[f"{_policy}64"] = {"policy.name": _policy, "cluster.workers": 64,
+    SCENARIOS[f"{_policy}64"] = {"policy": _policy, "cluster.workers": 64,
                                  "cluster.gpus_per_machine": 8, "cluster.cpu_machines": 4,
-                                 "profile.name": "resnet50", **TCP_25G, "train.steps": 10}
+                                 "profile": "resnet50", "network": "tcp_25g", "train.steps": 10}
 
 # Policies that fold every worker's gradient into each global step (the rest fold one per update).
 SYNCHRONOUS = {"sync", "allreduce", "byteps", "herring"}
@@ -113,8 +111,8 @@ def gradient_count(result) -> int:
     """How many gradients the run computed and folded into the model.
 
     BSP (sync, allreduce, byteps, herring) folds every worker's gradient into each global step;
-    ASP/SSP fold one. The steps table counts finished worker steps, which misses the last round
-    still pulling when the run stops, so take whichever is larger.
+    ASP/SSP fold one. The steps table has a row per gradient the servers received, so take
+    whichever is larger.
     """
     cfg = result.config
     if not cfg.train.numerics:

@@ -64,7 +64,8 @@ def simulate(config: Any = None, *, record_params: bool = False, progress: bool 
     evals = evals_frame(ctx.recorder.evals)
     result = Result(
         config=cfg,
-        summary=summarize(ctx, sim.policy.gradients_per_update, sim.sim_time, sim.wall_s, steps, evals),
+        summary=summarize(ctx, sim.policy.gradients_per_update, sim.sim_time, sim.wall_s, steps, evals,
+                          stalled=sim.stalled),
         steps=steps,
         evals=evals,
         links=links_frame(ctx.network, sim.sim_time),

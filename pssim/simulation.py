@@ -74,6 +74,7 @@ class Simulation:
         self.param_history: list[torch.Tensor] | None = [] if record_params and model is not None else None
         self.sim_time = 0.0
         self.wall_s = 0.0
+        self.stalled = False  # the clock ran out of events before train.steps
         show = c.output.progress if progress is None else progress
         self._bar = tqdm(total=c.train.steps, unit="step", desc=c.policy.name, delay=2.0,
                          disable=not show, leave=False)
@@ -112,7 +113,7 @@ class Simulation:
         if self.param_history is not None:
             self.param_history.append(self.params.clone())
         self.policy.start()
-        ctx.env.run(until=ctx.progress.done)
+        self._run_clock()
         self.sim_time = ctx.env.now
         for w in ctx.workers:
             w.flush()
@@ -120,6 +121,17 @@ class Simulation:
         if evals and evals[-1][0] != ctx.progress.global_step:
             self._evaluate()
         self.wall_s = time.perf_counter() - start
+
+    def _run_clock(self) -> None:
+        """Run until train.steps, or until nothing is left to happen (`stalled`: e.g. a barrier waiting
+        for a worker that was interrupted), which ends the run where it stands instead of raising."""
+        env, done = self.ctx.env, self.ctx.progress.done
+        try:
+            env.run(until=done)
+        except RuntimeError:
+            if done.triggered or env.peek() != float("inf"):
+                raise
+            self.stalled = True
 
     def _parameter_servers(self) -> ParameterServers:
         """cluster.servers shards on their own hosts, each owning an equal byte range of the model."""

@@ -20,7 +20,7 @@ def _mean(series: pd.Series) -> float | None:
 
 
 def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, steps: pd.DataFrame,
-              evals: pd.DataFrame) -> dict:
+              evals: pd.DataFrame, stalled: bool = False) -> dict:
     """Headline metrics of a finished run (its RunContext); every key is documented in docs/OUTPUTS.md."""
     c = ctx.config
     global_steps = ctx.progress.global_step
@@ -35,6 +35,7 @@ def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, st
         "device": c.cluster.device,
         "seed": c.seed,
         "global_steps": global_steps,
+        "stalled": stalled,
         "samples": samples,
         "sim_time_s": sim_time,
         "throughput_samples_per_s": samples / sim_time if sim_time > 0 else None,

@@ -8,6 +8,11 @@ arriving gradient. It never touches the network's internals. Each policy owns it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import simpy
+
 from pssim.config import PolicyConfig
 from pssim.registry import Registry
 
@@ -37,8 +42,22 @@ def mean_gradient(grads: list):
     return sum(grads[1:], grads[0].clone()) / len(grads)
 
 
+@dataclass(frozen=True)
+class Interruption:
+    """A policy process that was interrupted: when, whose (a worker index, or None for a process that
+    drives every worker) and why (the cause given to `Policy.interrupt`)."""
+
+    time: float
+    worker: int | None
+    cause: Any
+
+
 class Policy:
-    """Base class: holds the run's handles and starts one process per worker."""
+    """Base class: holds the run's handles and starts one process per worker.
+
+    Each process runs under `_guarded`, so an interrupt (`interrupt(i, cause)`: the failure hook a
+    fault model uses) ends it cleanly and is recorded in `interruptions` instead of crashing the run.
+    """
 
     name = ""
     Config: type[PolicyConfig] = PolicyConfig
@@ -54,10 +73,22 @@ class Policy:
         self.cfg = ctx.config.policy
         self.workers = ctx.workers
         self.n = len(ctx.workers)
-        self.processes: list = []  # the SimPy processes this policy started, to interrupt or inspect
+        self.processes: list[simpy.Process] = []  # the processes this policy started, to interrupt or inspect
+        self.interruptions: list[Interruption] = []
 
     def start(self) -> None:
-        self.processes = [self.env.process(self.worker(w)) for w in self.workers]
+        self.processes = [self.env.process(self._guarded(self.worker(w), w.index)) for w in self.workers]
+
+    def interrupt(self, index: int, cause: Any = None) -> None:
+        """Interrupt process `index` (worker `index` for per-worker policies) with `cause`."""
+        self.processes[index].interrupt(cause)
+
+    def _guarded(self, loop, worker: int | None):
+        """Run `loop`; if interrupted, record it and end (the process knows, the run goes on)."""
+        try:
+            return (yield from loop)
+        except simpy.Interrupt as interrupt:
+            self.interruptions.append(Interruption(self.env.now, worker, interrupt.cause))
 
     def worker(self, w):
         """The worker's loop, a SimPy generator that runs until the simulation stops."""
