@@ -2,7 +2,9 @@
 
 A ring phase of r rounds, in each of which every member sends one chunk to its successor, is
 pipelined as NCCL does: member i streams its r chunks to member i+1 as one flow that pays the
-per-message latency r times, and the phase ends when the last of these n flows lands. A ring thus
+per-message latency r times (once before its first byte, r-1 times after its last), and the phase
+ends when the last of these n flows lands. If a link of the ring fails, the phase fails with the
+network's LinkDown (once, however many of its flows the failure hit). A ring thus
 runs at its slowest link's pace, and one flow per member (not one per round) keeps large rings cheap
 to simulate. A ring all-reduce of M bytes over n members is 2(n-1) rounds of M/n bytes, so on a star
 of bandwidth B and per-message latency alpha it takes 2(n-1)/n * M/B + 2(n-1) * alpha
@@ -17,8 +19,11 @@ def ring_rounds(env, network, members: list[str], chunk: float, rounds: int, tag
     n = len(members)
     if n < 2 or rounds < 1:
         return
-    yield env.all_of([network.send(members[i], members[(i + 1) % n], rounds * chunk, tag, messages=rounds)
-                      for i in range(n)])
+    sends = [network.send(members[i], members[(i + 1) % n], rounds * chunk, tag, messages=rounds)
+             for i in range(n)]
+    for send in sends:  # the phase reports the first failure; a second one must not stop the run
+        send.defused = True
+    yield env.all_of(sends)
 
 
 def ring_allreduce(env, network, members: list[str], nbytes: float, tag: str = "allreduce"):

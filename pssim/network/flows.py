@@ -3,9 +3,27 @@
 A message of S bytes from a to b first pays its route's latency (propagation of every link plus the
 transport's per-message overhead), then becomes a flow over the route's links. All active flows share
 every link max-min fairly (progressive filling, with each flow's own rate cap as one more constraint);
-rates are recomputed only when a flow starts or ends. One SimPy process owns the flows and sleeps until
-the next completion; a new flow wakes it by triggering an event (no per-flow processes, no interrupts,
-no per-packet events).
+rates are recomputed, for the flows connected to the change only, when a flow starts or ends or a link's
+capacity changes. One SimPy process owns the flows and sleeps until the next completion; a new flow or a
+capacity change wakes it by triggering an event (no per-flow processes, no interrupts, no per-packet
+events).
+
+A pipelined ring phase sends its r messages as one flow (`send(..., messages=r)`): one latency before
+the first byte moves, the other r-1 after the last byte lands, so it shares its links from the moment
+its first message could.
+
+Failures. `set_capacity` (and `set_link_capacity`, `fail_link`, `restore_link`) change a link's capacity
+mid-run: every flow is advanced to now at its old rate and the link's component is reshared at once. A
+link at capacity zero is down: each flow crossing it leaves the network and its event fails with
+`LinkDown` (the survivors are reshared and speed up), as does a flow still paying its latency when it
+finds a down link on its route. Routes avoid down links; a send with no route of up links fails with
+`NoRoute`. So once links can fail, whoever yields on a send's event must expect these exceptions
+(SimPy stops the run on a failed event that nobody handles). A failed flow's bytes so far count in
+`link_bytes` (the links carried them) but not as sent, received or delivered. A ring flow whose last
+byte has landed is delivered: a link failure during its trailing latency does not touch it.
+
+Capacities are state of the topology's `Link`s, shared by every network built on that topology;
+change them through the one `FlowNetwork` that carries the traffic, which also drops its route cache.
 """
 
 from __future__ import annotations
@@ -18,12 +36,17 @@ from functools import lru_cache
 
 import simpy
 
-from pssim.network.topology import Link, Topology
+from pssim.network.errors import LinkDown, NoRoute
+from pssim.network.topology import Link, Topology, check_capacity
 
 
 @dataclass(eq=False)
 class Flow:
-    """One message in flight. `start` is when its first byte moves (after the latency)."""
+    """One message in flight (or the r messages of a pipelined ring phase).
+
+    `start` is when its first byte moves (after one latency), `end` when its last byte lands or it
+    failed; `done` fires `tail` seconds after `end` (the latency of the phase's r-1 later messages).
+    """
 
     src: str
     dst: str
@@ -37,6 +60,8 @@ class Flow:
     end: float = float("nan")
     remaining: float = 0.0
     rate: float = 0.0
+    tail: float = 0.0
+    error: Exception | None = None  # why it failed (LinkDown), None while it has not
 
 
 class FlowNetwork:
@@ -45,16 +70,17 @@ class FlowNetwork:
     def __init__(self, env: simpy.Environment, topology: Topology):
         self.env = env
         self.topology = topology
-        self.link_bytes: dict[Link, float] = defaultdict(float)
+        self.link_bytes: dict[Link, float] = defaultdict(float)  # bytes each link carried, failed flows' too
         self.link_busy_s: dict[Link, float] = defaultdict(float)
         self.completed: list[Flow] = []  # kept while `record` is on (for the trace)
+        self.failed: list[Flow] = []  # flows that a link going down ended (always kept: they are rare)
         self.record = True
         self.bytes_delivered = 0.0  # every completed message, recorded or not
         self.sent: dict[str, float] = defaultdict(float)  # bytes of completed messages, by source
         self.received: dict[str, float] = defaultdict(float)  # and by destination
         self._flows: dict[Flow, None] = {}  # active flows, in admission order
         self._on_link: dict[Link, dict[Flow, None]] = {}  # the active flows on each busy link
-        self._changed: set[Link] = set()  # links whose flows changed since the last allocation
+        self._changed: set[Link] = set()  # links whose flows or capacity changed since the last allocation
         self._last = env.now
         self._wake = env.event()
         self._paths = lru_cache(maxsize=None)(self._paths_uncached)
@@ -65,33 +91,49 @@ class FlowNetwork:
         """Send `nbytes` from src to dst; the returned event fires when the last byte lands.
 
         `messages` > 1 sends the bytes as that many back-to-back messages (a pipelined ring phase):
-        one flow that pays the per-message latency `messages` times. A multipath transport (EFA's SRD)
-        cuts the message into one equal subflow per equal-cost path.
+        one flow that pays one per-message latency before its first byte moves and the other
+        `messages` - 1 after its last byte lands, before the event fires. A multipath transport (EFA's
+        SRD) cuts the message into one equal subflow per equal-cost path; the event fires when all
+        have landed.
+
+        Once links can fail, the event may fail instead: with `NoRoute` at once when no path of up
+        links joins src and dst, or with `LinkDown` when a link of its route goes down before the last
+        byte lands (for a multipath send, the first subflow to fail fails the event; the others go on).
+        Whoever yields on it must then catch these `NetworkError`s, or SimPy stops the run.
         """
-        paths = self._paths(src, dst)
+        try:
+            paths = self._paths(src, dst)
+        except NoRoute:
+            return self._failed_event(NoRoute(src, dst, at=self.env.now))
         if len(paths) == 1:
             return self._start(src, dst, nbytes, tag, paths[0], messages)
         parts = [self._start(src, dst, nbytes / len(paths), tag, path, messages) for path in paths]
+        for part in parts:  # the condition reports the first failure; a second must not stop the run
+            part.defused = True
         return self.env.all_of(parts)
 
-    def _paths_uncached(self, src: str, dst: str) -> tuple[tuple[tuple[Link, ...], float, float], ...]:
-        """(links, per-message latency, flow cap) of each path a message from src to dst uses."""
-        links = self.topology.route(src, dst) if src != dst else ()
-        paths = self.topology.routes(src, dst) if any(l.transport.multipath for l in links) else (links,)
-        return tuple((p, self.latency(p), min((l.transport.flow_cap for l in p), default=math.inf))
-                     for p in paths)
+    def set_capacity(self, link: Link, bytes_per_s: float) -> None:
+        """Change one directed link's usable bytes/s now; 0 takes it down (see the module docstring).
 
-    def _start(self, src: str, dst: str, nbytes: float, tag: str, path, messages: int) -> simpy.Event:
-        links, latency, cap = path
-        done = self.env.event()
-        flow = Flow(src, dst, float(nbytes), tag, links, cap, done, submitted=self.env.now,
-                    remaining=float(nbytes))
-        latency *= messages
-        if latency > 0:
-            self.env.timeout(latency).callbacks.append(lambda _event: self._admit(flow))
-        else:
-            self._admit(flow)
-        return done
+        Every flow moves to now at its old rate, then the link's component is reshared at once. Taking
+        the link down fails the flows crossing it with `LinkDown` and reroutes later sends around it;
+        a capacity above zero brings it back into routing.
+        """
+        self._set_capacities([(link, bytes_per_s)])
+
+    def set_link_capacity(self, a: str, b: str, bytes_per_s: float) -> None:
+        """`set_capacity` on both directions of the physical link between nodes a and b."""
+        both = (self.topology.link(a, b), self.topology.link(b, a))
+        self._set_capacities([(link, bytes_per_s) for link in both])
+
+    def fail_link(self, a: str, b: str) -> None:
+        """Take the physical link between a and b down, both directions."""
+        self.set_link_capacity(a, b, 0.0)
+
+    def restore_link(self, a: str, b: str) -> None:
+        """Bring both directions of the link between a and b back to their nominal capacity."""
+        both = (self.topology.link(a, b), self.topology.link(b, a))
+        self._set_capacities([(link, link.nominal_capacity) for link in both])
 
     @staticmethod
     def latency(links: tuple[Link, ...]) -> float:
@@ -105,9 +147,41 @@ class FlowNetwork:
         """The flows moving bytes now (their `rate` is the current max-min fair share)."""
         return list(self._flows)
 
+    # -- sending ------------------------------------------------------------------------------------
+    def _paths_uncached(self, src: str, dst: str) -> tuple[tuple[tuple[Link, ...], float, float], ...]:
+        """(links, per-message latency, flow cap) of each path a message from src to dst uses.
+        Raises `NoRoute` when no path of up links joins them (not cached: a link may come back)."""
+        links = self.topology.route(src, dst) if src != dst else ()
+        paths = self.topology.routes(src, dst) if any(l.transport.multipath for l in links) else (links,)
+        return tuple((p, self.latency(p), min((l.transport.flow_cap for l in p), default=math.inf))
+                     for p in paths)
+
+    def _start(self, src: str, dst: str, nbytes: float, tag: str, path, messages: int) -> simpy.Event:
+        """One flow on one path: admitted after one latency; the other messages' latency is its tail."""
+        links, latency, cap = path
+        done = self.env.event()
+        flow = Flow(src, dst, float(nbytes), tag, links, cap, done, submitted=self.env.now,
+                    remaining=float(nbytes), tail=latency * max(messages - 1, 0))
+        if latency > 0:
+            self.env.timeout(latency).callbacks.append(lambda _event: self._admit(flow))
+        else:
+            self._admit(flow)
+        return done
+
+    def _failed_event(self, error: Exception) -> simpy.Event:
+        event = self.env.event()
+        event.fail(error)
+        return event
+
     # -- the model ----------------------------------------------------------------------------------
     def _admit(self, flow: Flow) -> None:
+        """The flow's first byte is due: it joins the flows (or fails, if its route has gone down)."""
         flow.start = self.env.now
+        if self.topology.down_links and flow.links:
+            down = next((link for link in flow.links if not link.up), None)
+            if down is not None:
+                self._fail(flow, LinkDown(down.name, self.env.now))
+                return
         if flow.size <= 0 or not flow.links:
             self._finish([flow])
             return
@@ -117,37 +191,96 @@ class FlowNetwork:
         for link in flow.links:
             self._on_link.setdefault(link, {})[flow] = None
         self._changed.update(flow.links)
-        if not self._wake.triggered:  # the network process reallocates once, after every flow of this instant
+        self._wake_up()  # the network process reallocates once, after every flow of this instant
+
+    def _wake_up(self) -> None:
+        if not self._wake.triggered:
             self._wake.succeed()
 
+    def _set_capacities(self, changes: list[tuple[Link, float]]) -> None:
+        """Apply capacity changes now: advance the flows at their old rates, fail those on links that
+        went down, reshare the changed links' component at once and wake the network process to
+        reschedule its next completion."""
+        for _, bytes_per_s in changes:
+            check_capacity(bytes_per_s)  # all or nothing
+        self._advance()
+        finished = self._retire_finished()  # a flow landing at this very instant is delivered, not failed
+        self._apply_capacities(changes)
+        cut = self._flows_crossing_down_links([link for link, _ in changes])
+        for flow in cut:
+            self._remove(flow)
+        self._allocate()
+        self._finish(finished)
+        for flow, link in cut.items():
+            self._fail(flow, LinkDown(link.name, self.env.now))
+        self._wake_up()
+
+    def _apply_capacities(self, changes: list[tuple[Link, float]]) -> None:
+        """Set the links' capacities and mark them for reallocation; drop the cached paths if a link
+        went down or came back up (the topology drops its routes then too)."""
+        rerouted = False
+        for link, bytes_per_s in changes:
+            rerouted |= self.topology.set_capacity(link, bytes_per_s)
+            self._changed.add(link)
+        if rerouted:
+            self._paths.cache_clear()
+
+    def _flows_crossing_down_links(self, links: list[Link]) -> dict[Flow, Link]:
+        """Each active flow on one of these links that is down, with that link, in admission order."""
+        down = [link for link in links if not link.up]
+        if not down:
+            return {}
+        cut: dict[Flow, Link] = {}
+        for link in down:
+            for flow in self._on_link.get(link, ()):
+                cut.setdefault(flow, link)
+        return {flow: cut[flow] for flow in self._flows if flow in cut}
+
     def _run(self):
-        """The network's one process: sleep until the next completion or until a flow is admitted."""
+        """The network's one process: sleep until the next completion or until something changes."""
         while True:
-            if self._wake.triggered:  # flows joined since the last look: share anew
+            if self._wake.triggered:  # flows joined or capacities changed since the last look: share anew
                 self._wake = self.env.event()
                 self._advance()
                 self._allocate()
-            if not self._flows:
+            delay = self._time_to_next_completion()
+            if delay == math.inf:  # nothing moves: no flows, or only flows at rate 0
                 yield self._wake
                 continue
-            delay = max(0.0, min(f.remaining / f.rate for f in self._flows))
             yield self.env.timeout(delay) | self._wake
             if self._wake.triggered:
                 continue
             self._advance()
-            # Done: flows within a float rounding of their end (a sub-picosecond remainder, or one so
-            # small that now + remaining/rate == now, which would otherwise spin forever).
-            horizon = max(1e-12, 4 * math.ulp(self.env.now))
-            finished = [f for f in self._flows if f.remaining <= f.rate * horizon]
-            for f in finished:
-                del self._flows[f]
-                for link in f.links:
-                    del self._on_link[link][f]
-                    if not self._on_link[link]:
-                        del self._on_link[link]
-                self._changed.update(f.links)
+            finished = self._retire_finished()
             self._allocate()
             self._finish(finished)
+
+    def _time_to_next_completion(self) -> float:
+        """Seconds until the first active flow lands at current rates (inf: none will). A flow whose
+        max-min rate is 0 (a zero cap, say) just waits for a change; nothing divides by its rate."""
+        return max(0.0, min((f.remaining / f.rate for f in self._flows if f.rate > 0), default=math.inf))
+
+    def _retire_finished(self) -> list[Flow]:
+        """Take out of the network the flows that have landed by now, and return them.
+
+        Done: flows within a float rounding of their end (a sub-picosecond remainder, or one so small
+        that now + remaining/rate == now, which would otherwise spin forever).
+        """
+        horizon = max(1e-12, 4 * math.ulp(self.env.now))
+        finished = [f for f in self._flows if f.remaining <= f.rate * horizon]
+        for f in finished:
+            self._remove(f)
+        return finished
+
+    def _remove(self, flow: Flow) -> None:
+        """Take a flow off its links; its links' component is reshared at the next allocation."""
+        del self._flows[flow]
+        for link in flow.links:
+            on_link = self._on_link[link]
+            del on_link[flow]
+            if not on_link:
+                del self._on_link[link]
+        self._changed.update(flow.links)
 
     def _advance(self) -> None:
         """Move every active flow forward to now at its current rate; accumulate link busy time."""
@@ -225,6 +358,7 @@ class FlowNetwork:
                     heapq.heappush(heap, (spare[l] / count[l], order[l], l))
 
     def _finish(self, flows: list[Flow]) -> None:
+        """The flows' last bytes landed now: account them, and fire each one's event after its tail."""
         for f in flows:
             f.end = self.env.now
             f.remaining = 0.0
@@ -236,4 +370,19 @@ class FlowNetwork:
             self.bytes_delivered += f.size
             if self.record:
                 self.completed.append(f)
-            f.done.succeed(f)
+            if f.tail > 0:
+                self.env.timeout(f.tail).callbacks.append(lambda _event, f=f: f.done.succeed(f))
+            else:
+                f.done.succeed(f)
+
+    def _fail(self, flow: Flow, error: Exception) -> None:
+        """The flow will not be delivered: its links keep the bytes they carried; its event fails now."""
+        flow.end = self.env.now
+        flow.rate = 0.0
+        flow.error = error
+        carried = min(max(flow.size - flow.remaining, 0.0), flow.size)
+        if carried > 0:
+            for link in flow.links:
+                self.link_bytes[link] += carried
+        self.failed.append(flow)
+        flow.done.fail(error)

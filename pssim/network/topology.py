@@ -3,26 +3,48 @@
 Every physical link is two directed edges, one per direction, each with its own capacity, so traffic in
 one direction never slows the other. The flow model only sees `Link` objects on a route, so a new
 topology needs no change to the model.
+
+A link's capacity starts at its transport's nominal rate and may change while the simulation runs (a
+degraded or failed link); capacity zero means the link is down. Routes are fewest-hop paths over the
+links that are up, so the cached routes are dropped whenever a link goes down or comes back up.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import networkx as nx
 
+from pssim.network.errors import NoRoute
 from pssim.network.transport import Transport
 
 
-@dataclass(frozen=True, eq=False)
+def check_capacity(bytes_per_s: float) -> float:
+    """`bytes_per_s` as a float, if it is a usable link capacity: finite and not negative (0: down)."""
+    if not 0.0 <= bytes_per_s < math.inf:
+        raise ValueError(f"a link capacity must be finite and >= 0 bytes/s, not {bytes_per_s!r}")
+    return float(bytes_per_s)
+
+
+@dataclass(eq=False)
 class Link:
-    """One direction of a physical link (compared and hashed by identity: the topology owns each one)."""
+    """One direction of a physical link (compared and hashed by identity: the topology owns each one).
+
+    `capacity` is the link's current usable bytes/s, initially its transport's nominal
+    bandwidth x efficiency. It is read-only here: change it with `FlowNetwork.set_capacity` (which also
+    moves the flows and reroutes) or, with no network carrying traffic, `Topology.set_capacity`.
+    """
 
     src: str
     dst: str
     transport: Transport
+    _capacity: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._capacity = self.transport.capacity
 
     @property
     def name(self) -> str:
@@ -30,7 +52,18 @@ class Link:
 
     @property
     def capacity(self) -> float:
+        """Usable bytes/s now (0 while the link is down)."""
+        return self._capacity
+
+    @property
+    def nominal_capacity(self) -> float:
+        """Usable bytes/s of a healthy link: the transport's line rate times efficiency."""
         return self.transport.capacity
+
+    @property
+    def up(self) -> bool:
+        """Whether the link carries traffic (and routes may cross it): capacity above zero."""
+        return self._capacity > 0
 
 
 class Topology:
@@ -39,6 +72,7 @@ class Topology:
     def __init__(self, graph: nx.DiGraph, hosts: list[str]):
         self.graph = graph
         self.hosts = list(hosts)
+        self.down_links: set[Link] = set()  # links whose capacity is zero (read-only: see set_capacity)
         self.routes = lru_cache(maxsize=None)(self._routes)
         self.route = lru_cache(maxsize=None)(self._route)
 
@@ -46,13 +80,49 @@ class Topology:
     def links(self) -> list[Link]:
         return [data["link"] for _, _, data in self.graph.edges(data=True)]
 
+    def link(self, src: str, dst: str) -> Link:
+        """The directed link from node src to its neighbour dst."""
+        return self.graph.edges[src, dst]["link"]
+
+    def set_capacity(self, link: Link, bytes_per_s: float) -> bool:
+        """Set a link's current capacity (0: down); True when the link went down or came back up.
+
+        Only then do routes change, so only then are the cached routes dropped. This moves no flows:
+        while a `FlowNetwork` carries traffic on this topology, use its `set_capacity` instead.
+        """
+        capacity = check_capacity(bytes_per_s)
+        was_up = link.up
+        link._capacity = capacity
+        if link.up == was_up:
+            return False
+        if link.up:
+            self.down_links.discard(link)
+        else:
+            self.down_links.add(link)
+        self.routes.cache_clear()
+        self.route.cache_clear()
+        return True
+
     def _routes(self, src: str, dst: str) -> tuple[tuple[Link, ...], ...]:
-        """Every fewest-hop path from src to dst, in a fixed order (the equal-cost multipath set)."""
-        paths = sorted(nx.all_shortest_paths(self.graph, src, dst))
-        return tuple(tuple(self.graph.edges[u, v]["link"] for u, v in zip(p, p[1:])) for p in paths)
+        """Every fewest-hop path of up links from src to dst, in a fixed order (the equal-cost
+        multipath set). Raises `NoRoute` when every path crosses a down link."""
+        graph = self._up_graph()
+        try:
+            paths = sorted(nx.all_shortest_paths(graph, src, dst))
+        except nx.NetworkXNoPath:
+            raise NoRoute(src, dst) from None
+        return tuple(tuple(graph.edges[u, v]["link"] for u, v in zip(p, p[1:])) for p in paths)
+
+    def _up_graph(self) -> nx.DiGraph:
+        """The graph without its down links (the graph itself while every link is up)."""
+        if not self.down_links:
+            return self.graph
+        edges = self.graph.edges
+        return nx.subgraph_view(self.graph, filter_edge=lambda u, v: edges[u, v]["link"].up)
 
     def _route(self, src: str, dst: str) -> tuple[Link, ...]:
-        """The one path ECMP would pick: a fixed hash of (src, dst) among the equal-cost paths."""
+        """The one path ECMP would pick: a fixed hash of (src, dst) among the equal-cost paths of up
+        links. As in ECMP, losing a path rehashes: a route may move even if it avoided the down link."""
         paths = self.routes(src, dst)
         return paths[zlib.crc32(f"{src}->{dst}".encode()) % len(paths)]
 
