@@ -37,3 +37,10 @@ def test_interrupting_a_process_that_already_ended_is_an_error():
     sim = interrupted_run("async", at=1e-3, index=1)
     with pytest.raises(RuntimeError):
         sim.policy.interrupt(1, "again")
+
+
+def test_interrupting_a_replicated_policy_stops_its_lockstep_process():
+    """allreduce drives every worker from one process: interrupting it stops the job, recorded once."""
+    sim = interrupted_run("allreduce", at=1e-3, index=0)
+    assert [(i.worker, i.cause) for i in sim.policy.interruptions] == [(None, "crash")]
+    assert sim.stalled and sim.ctx.progress.global_step < 60

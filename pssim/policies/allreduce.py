@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pssim.comm.collectives import hierarchical_allreduce, ring_allreduce
 from dataclasses import dataclass
 
+from pssim.comm.collectives import hierarchical_allreduce, ring_allreduce
 from pssim.comm.fusion import fusion_buffers
+from pssim.comm.gates import wait_until
 from pssim.config import require
 from pssim.policies.base import register
 from pssim.policies.replicated import ReplicatedConfig, ReplicatedDataParallel
@@ -44,9 +45,7 @@ class RingAllReduce(ReplicatedDataParallel):
     def communicate(self, start, durations, records):
         everyone = range(self.n)
         for buffer in self.buffers:
-            ready = self.ready_time(start, durations, everyone, buffer.ready)
-            if self.env.now < ready:
-                yield self.env.timeout(ready - self.env.now)
+            yield from wait_until(self.env, self.ready_time(start, durations, everyone, buffer.ready))
             self.mark_comm_start(records, everyone)
             if self.hierarchical:
                 yield from hierarchical_allreduce(self.env, self.network, self.machines, buffer.nbytes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import count
 
+from pssim.comm.gates import MinClock
 from pssim.config import PolicyConfig, one_of
 from pssim.policies.base import Policy, register
 
@@ -35,14 +36,14 @@ class Asynchronous(Policy):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.scale = 1.0 / self.n if self.cfg.gradient_scale == "mean" else 1.0
-        self.clocks = [0] * self.n
+        self.clocks = MinClock(self.env, self.n)  # worker i's clock: its gradients applied so far
 
     def worker(self, w):
         params, versions = self.ctx.initial_params, [0] * len(self.servers.shards)
         for step in count():
-            grad = yield from w.compute(params, step, min(versions), clock_lead=step - min(self.clocks))
+            grad = yield from w.compute(params, step, min(versions), clock_lead=self.clocks.lead(w.index))
             yield from self.servers.push(w, grad, self.apply_on_arrival(versions))
-            self.clocks[w.index] = step + 1
+            self.clocks.tick(w.index, to=step + 1)
             yield from self.before_pull(w, step + 1)
             params, versions = yield from self.servers.pull(w)
             w.finish_step()

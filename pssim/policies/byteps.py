@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
 
 from pssim.comm.collectives import broadcast_from_host, reduce_to_host
+from pssim.comm.gates import wait_until
+from pssim.comm.queues import PriorityWindow
 from pssim.config import require
 from pssim.policies.base import register
 from pssim.policies.replicated import ReplicatedConfig, ReplicatedDataParallel
@@ -85,61 +86,45 @@ class BytePS(ReplicatedDataParallel):
     def __init__(self, ctx):
         super().__init__(ctx)
         n, k = len(self.layout.machines), len(self.layout.cpu_machines)
-        self.servers = self.summation_services([*self.layout.cpu_machines, *self.layout.machines], "byteps")
+        self.hosts = list(self.layout.machines)
+        self.services = self.summation_services([*self.layout.cpu_machines, *self.hosts], "byteps")
         self.partitions = place_partitions([l.nbytes for l in self.profile.layers],
                                            self.cfg.partition_bytes, n, k)
         self.by_layer = [[p for p in self.partitions if p.layer == i] for i in range(len(self.profile.layers))]
-        self.ready = dict(self.profile.backward_ready())
 
     def communicate(self, start, durations, records):
-        machines = range(len(self.layout.machines))
-        summed = {p: [self.env.event() for _ in machines] for p in self.partitions}
-        procs = [self.env.process(self._machine(m, start, durations, records, summed)) for m in machines]
-        yield self.env.all_of(procs)
+        yield self.env.all_of([self.env.process(self._machine(m, start, durations, records))
+                               for m in range(len(self.hosts))])
 
-    def _machine(self, m, start, durations, records, summed):
-        """Local reduces in backward order feed a priority queue drained under the credit cap."""
-        queue: list[tuple[int, int, Partition]] = []
-        state = {"wake": self.env.event(), "in_flight": 0}
+    def _machine(self, m, start, durations, records):
+        """One GPU machine's communication service: its local reduces feed a priority queue; the
+        partitions leave in priority order under the credit; each layer's sums, once back, go to the GPUs."""
+        queue = PriorityWindow(self.env, window=self.cfg.credit)
+        reduces = self.env.process(self._local_reduces(m, queue, start, durations, records))
+        summed, broadcasts = {}, []
+        for _ in self.partitions:
+            p = yield from queue.get()  # the layer nearest the input first, once credit allows
+            summed[p] = self.services[p.server].push(self.hosts[m], p, p.nbytes, self.hosts,
+                                                     f"byteps-push L{p.layer}.{p.index}")
+            queue.release_when(summed[p].landed)  # the credit comes back when the push has landed
+            layer = self.by_layer[p.layer]
+            if p is layer[-1]:  # the layer's last partition is out: wait for its sums, then broadcast
+                broadcasts.append(self.env.process(self._pull(m, p.layer, [summed[q] for q in layer])))
+        yield self.env.all_of([reduces, *broadcasts])
 
-        def wake():
-            if not state["wake"].triggered:
-                state["wake"].succeed()
-
-        def landed(_event, p):
-            state["in_flight"] -= 1
-            machines = list(self.layout.machines)
-            self.env.process(self.servers[p.server].add(p, host, p.nbytes, machines, summed[p]))
-            wake()
-
-        local, host, gpus = self.layout.local_workers(m), self.layout.machines[m], self.machines[m]
-
-        def local_reduce(layer):
-            ready = self.ready_time(start, durations, local, self.ready[layer])
-            if self.env.now < ready:
-                yield self.env.timeout(ready - self.env.now)
+    def _local_reduces(self, m, queue, start, durations, records):
+        """In backward order, as each layer's gradient is ready on all the machine's GPUs: reduce it into
+        host memory and queue its partitions by priority (layer, index)."""
+        local, host, gpus = self.layout.local_workers(m), self.hosts[m], self.machines[m]
+        for layer, ready in self.profile.backward_ready():
+            yield from wait_until(self.env, self.ready_time(start, durations, local, ready))
             self.mark_comm_start(records, local)
             yield from reduce_to_host(self.env, self.network, gpus, host, self.profile.layers[layer].nbytes)
             for p in self.by_layer[layer]:
-                heapq.heappush(queue, (p.layer, p.index, p))
-            wake()
+                queue.put((p.layer, p.index), p)
 
-        def local_reduces():
-            for layer, _ in self.profile.backward_ready():
-                yield from local_reduce(layer)
-
-        def pull_layer(layer):
-            yield self.env.all_of([summed[p][m] for p in self.by_layer[layer]])
-            yield from broadcast_from_host(self.env, self.network, gpus, host, self.profile.layers[layer].nbytes)
-
-        reducer = self.env.process(local_reduces())
-        pulls = [self.env.process(pull_layer(layer)) for layer in range(len(self.profile.layers))]
-        for _ in range(len(self.partitions)):
-            while not queue or state["in_flight"] >= self.cfg.credit:
-                yield state["wake"]
-                state["wake"] = self.env.event()
-            _, _, p = heapq.heappop(queue)
-            state["in_flight"] += 1
-            self.network.send(host, self.servers[p.server].host, p.nbytes, "byteps-push").callbacks.append(
-                lambda e, p=p: landed(e, p))
-        yield self.env.all_of([reducer, *pulls])
+    def _pull(self, m, layer, summed):
+        """Once every partition of the layer is summed and back in host memory, copy it to the GPUs."""
+        yield self.env.all_of(summed)
+        yield from broadcast_from_host(self.env, self.network, self.machines[m], self.hosts[m],
+                                       self.profile.layers[layer].nbytes)

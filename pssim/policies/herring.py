@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pssim.comm.collectives import broadcast_from_host, reduce_to_host
 from dataclasses import dataclass
 
+from pssim.comm.collectives import broadcast_from_host, reduce_to_host
 from pssim.comm.fusion import fusion_buffers
+from pssim.comm.gates import wait_until
 from pssim.config import require
 from pssim.policies.base import register
 from pssim.policies.replicated import ReplicatedConfig, ReplicatedDataParallel
@@ -41,32 +42,23 @@ class Herring(ReplicatedDataParallel):
         super().__init__(ctx)
         self.buffers = fusion_buffers(self.profile, self.cfg.fusion_bytes)
         self.hosts = list(self.layout.machines)
-        self.servers = self.summation_services(self.hosts, "herring")
+        self.services = self.summation_services(self.hosts, "herring")
 
     def communicate(self, start, durations, records):
         procs = [self.env.process(self.reduce_buffer(b, start, durations, records)) for b in self.buffers]
         yield self.env.all_of(procs)
 
     def reduce_buffer(self, buffer, start, durations, records):
-        n = len(self.hosts)
-        part = buffer.nbytes / n
-        summed = [[self.env.event() for _ in range(n)] for _ in range(n)]  # [machine][server]
-        procs = [self.env.process(self._machine(m, buffer, part, start, durations, records, summed))
-                 for m in range(n)]
-        yield self.env.all_of(procs)
+        """Every machine sums this buffer with the others, each on its own as soon as its GPUs hold it."""
+        yield self.env.all_of([self.env.process(self._machine(m, buffer, start, durations, records))
+                               for m in range(len(self.hosts))])
 
-    def _machine(self, m, buffer, part, start, durations, records, summed):
-        local = self.layout.local_workers(m)
-        ready = self.ready_time(start, durations, local, buffer.ready)
-        if self.env.now < ready:
-            yield self.env.timeout(ready - self.env.now)
+    def _machine(self, m, buffer, start, durations, records):
+        """One machine, one buffer: local reduce -> part i to server i -> sums back -> broadcast."""
+        local, host, gpus = self.layout.local_workers(m), self.hosts[m], self.machines[m]
+        yield from wait_until(self.env, self.ready_time(start, durations, local, buffer.ready))
         self.mark_comm_start(records, local)
-        host, gpus = self.hosts[m], self.machines[m]
         yield from reduce_to_host(self.env, self.network, gpus, host, buffer.nbytes)
-        for i, server in enumerate(self.servers):
-            returns = [summed[d][i] for d in range(len(self.hosts))]
-            self.network.send(host, server.host, part, "herring-push").callbacks.append(
-                lambda _e, server=server, returns=returns: self.env.process(
-                    server.add(buffer, host, part, self.hosts, returns)))
-        yield self.env.all_of(summed[m])
+        part = buffer.nbytes / len(self.services)
+        yield self.env.all_of([server.push(host, buffer, part, self.hosts, "herring-push") for server in self.services])
         yield from broadcast_from_host(self.env, self.network, gpus, host, buffer.nbytes)

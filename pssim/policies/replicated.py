@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from itertools import count
 
+from pssim.comm.gates import wait_until
 from pssim.comm.summation import SummationService
 from pssim.config import PolicyConfig, require
 from pssim.policies.base import Policy, mean_gradient
@@ -46,7 +47,7 @@ class ReplicatedDataParallel(Policy):
                          for m in range(len(self.layout.machines))]
 
     def start(self) -> None:
-        self.processes = [self.env.process(self.run())]
+        self.processes = [self.env.process(self._guarded(self.run(), None))]  # one process drives every worker
 
     def run(self):
         model = self.ctx.model
@@ -60,8 +61,7 @@ class ReplicatedDataParallel(Policy):
             before = {w.host: self.network.sent[w.host] for w in self.workers}
             received = {w.host: self.network.received[w.host] for w in self.workers}
             yield from self.communicate(start, durations, records)
-            if self.env.now < start + max(durations):  # nothing left to send, backward still running
-                yield self.env.timeout(start + max(durations) - self.env.now)
+            yield from wait_until(self.env, start + max(durations))  # nothing left to send, backward still running
             if model is not None:
                 model.step(mean_gradient([w.gradient(params, step) for w in self.workers]))
             for w, rec in zip(self.workers, records):

@@ -34,18 +34,8 @@ class StaleSynchronous(Asynchronous):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.staleness = self.cfg.staleness
-        self._waiting: list[tuple[int, object]] = []
 
     def before_pull(self, w, next_clock: int):
-        self._release()
-        if next_clock - min(self.clocks) > self.staleness:
-            gate = self.env.event()
-            self._waiting.append((next_clock - self.staleness, gate))
-            yield gate
-
-    def _release(self) -> None:
-        slowest = min(self.clocks)
-        ready = [g for need, g in self._waiting if need <= slowest]
-        self._waiting = [(need, g) for need, g in self._waiting if need > slowest]
-        for gate in ready:
-            gate.succeed()
+        """The gate: at clock c, wait until the slowest worker's clock is at least c - s."""
+        if self.clocks.lead(w.index) > self.staleness:
+            yield self.clocks.reached(next_clock - self.staleness)
