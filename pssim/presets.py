@@ -52,8 +52,8 @@ def register_schemas() -> None:
         OmegaConf.register_new_resolver("pssim_suffix", lambda s: f"_{s}" if s else "")
 
 
-def presets(group: str) -> list[str]:
-    """The presets of a config group, e.g. presets("network") -> ["efa_100g", ...]."""
+def preset_names(group: str) -> list[str]:
+    """The presets of a config group, e.g. preset_names("network") -> ["efa_100g", ...]."""
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
@@ -65,11 +65,11 @@ def check_overrides(overrides: Iterable[str]) -> None:
         group = NAME_KEYS.get(key)
         if group is None:
             continue
-        if group == "policy" or value in presets(group):
+        if group == "policy" or value in preset_names(group):
             pick = f"+policy={value}" if group == "policy" else f"{group}={value}"
             raise ConfigError(f"{key}={value} does not load the preset; choose it with {pick} "
                               f"(Python: simulate({group}={value!r})); allowed values are "
-                              + ", ".join(presets(group)))
+                              + ", ".join(preset_names(group)))
 
 
 def compose(overrides: Iterable[str] = ()) -> DictConfig:

@@ -12,9 +12,9 @@ from pssim.cluster.device import DEVICES
 from pssim.cluster.layout import Layout
 from pssim.cluster.stragglers import make_stragglers
 from pssim.cluster.worker import Worker
-from pssim.comm.ps import ParameterServers, shard_ranges
+from pssim.comm.ps import ParameterServers, shard_keys, shard_ranges
 from pssim.comm.server import ServerShard
-from pssim.config import Config
+from pssim.config import Config, require
 from pssim.context import Cluster, Progress, RunContext
 from pssim.metrics.recorder import Recorder
 from pssim.network.flows import FlowNetwork
@@ -48,8 +48,11 @@ class Simulation:
         workload = Workload(c.workload, c.cluster.workers, c.train.batch_size, self.streams,
                             profile=c.profile.name, numerics=c.train.numerics)
         policy_cls = POLICIES[c.policy.name]
+        k, layers = c.cluster.gpus_per_worker, len(workload.profile.layers)
+        require(k <= layers, "cluster.gpus_per_worker", k,
+                f"must be <= the timing profile's {layers} layers (each stage holds at least one)")
         layout = Layout.build(c.cluster.workers, c.cluster.gpus_per_machine, c.cluster.cpu_machines,
-                              c.cluster.servers if policy_cls.uses_servers else 0)
+                              c.cluster.servers if policy_cls.uses_servers else 0, gpus_per_worker=k)
         cluster = Cluster(layout, Transport.from_config(c.network).bonded(c.cluster.nics_per_machine),
                           Transport.from_config(c.intra))
         self.topology = layout.topology(c.topology, cluster.nic, cluster.intra)
@@ -67,8 +70,8 @@ class Simulation:
 
         devices = list(c.cluster.worker_devices) or [c.cluster.device] * c.cluster.workers
         stragglers = make_stragglers(c.stragglers, c.cluster.workers, self.streams)
-        cluster.workers += [Worker(ctx, i, host, DEVICES[devices[i]], stragglers[i])
-                            for i, host in enumerate(layout.gpus)]
+        cluster.workers += [Worker(ctx, i, layout.stage_hosts(i), DEVICES[devices[i]], stragglers[i])
+                            for i in range(c.cluster.workers)]
         self.policy = policy_cls(ctx)
 
         self.param_history: list[torch.Tensor] | None = [] if record_params and model is not None else None
@@ -134,10 +137,12 @@ class Simulation:
             self.stalled = True
 
     def _parameter_servers(self) -> ParameterServers:
-        """cluster.servers shards on their own hosts, each owning an equal byte range of the model."""
+        """cluster.servers shards on their own hosts, each owning an equal byte range of the model; its
+        keys are the pieces of the profile's layers in that range (`shard_keys`)."""
         c, ctx = self.config, self.ctx
         shards = []
         ranges = shard_ranges(ctx.workload.n_params, c.cluster.servers)
+        keys = shard_keys(ctx.workload.profile, ranges, ctx.workload.n_params)
         for j, (host, (lo, hi)) in enumerate(zip(ctx.cluster.layout.servers, ranges)):
             state = ctx.model.slice(lo, hi) if ctx.model is not None else None
             shards.append(ServerShard(ctx.env, j, host, lo, hi, ctx.workload.wire_bytes(lo, hi), state))
@@ -147,7 +152,8 @@ class Simulation:
             ctx.env, ctx.network, shards,
             receive_cpu_s_per_byte=transport_cpu + c.cluster.aggregation_ns_per_byte * 1e-9,
             send_cpu_s_per_byte=transport_cpu,
-            on_version=lambda: ctx.progress.advance(min(s.version for s in shards)))
+            on_version=lambda: ctx.progress.advance(min(s.version for s in shards)),
+            keys={s.index: keys[s.index] for s in shards})
 
     def _on_step(self, old: int, step: int) -> None:
         """After every global step: progress bar, trace window, parameter history, evaluation."""

@@ -37,7 +37,7 @@ def check_result(result: Result) -> None:
     s, steps, evals, links, cfg = result.summary, result.steps, result.evals, result.links, result.config
     uses_servers = POLICIES[cfg.policy.name].uses_servers
     layout = Layout.build(cfg.cluster.workers, cfg.cluster.gpus_per_machine, cfg.cluster.cpu_machines,
-                          cfg.cluster.servers if uses_servers else 0)
+                          cfg.cluster.servers if uses_servers else 0, gpus_per_worker=cfg.cluster.gpus_per_worker)
 
     # It runs to the requested number of global updates, and every worker takes part.
     assert s["global_steps"] == cfg.train.steps
@@ -67,7 +67,7 @@ def check_result(result: Result) -> None:
     assert (links["utilisation"] <= 1 + 1e-9).all() and (links["busy_fraction"] <= 1 + 1e-9).all()
     out_of = links.groupby("src")["bytes"].sum()
     for w, g in steps.groupby("worker"):
-        assert out_of[layout.gpus[w]] >= g["bytes_sent"].sum()
+        assert out_of[layout.hosts[w]] >= g["bytes_sent"].sum()
     # Throughput is samples over simulated time.
     assert math.isclose(s["throughput_samples_per_s"], s["samples"] / s["sim_time_s"], rel_tol=1e-12)
     if result.trace is not None:
@@ -77,7 +77,7 @@ def check_result(result: Result) -> None:
 def _check_trace(trace: dict, layout: Layout, links, uses_servers: bool) -> None:
     """A track per worker, per server (dedicated hosts, or the cluster's own machines) and per link."""
     names = {(e["pid"], e["args"]["name"]) for e in trace["traceEvents"] if e["name"] == "thread_name"}
-    assert {n for p, n in names if p == 1} == set(layout.gpus)
+    assert {n for p, n in names if p == 1} == set(layout.hosts)
     servers = {n for p, n in names if p == 2}
     if uses_servers:
         assert servers == set(layout.servers)

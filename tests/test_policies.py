@@ -46,6 +46,13 @@ def test_policy_conformance_on_other_cluster_shapes(name):
                           "stragglers": "slow_worker", "stragglers.worker": 1, "train.numerics": False})
 
 
+@pytest.mark.parametrize("name", ["sync", "async", "ssp"])
+def test_policy_conformance_with_replicas_of_two_gpus(name):
+    """Parameter-server policies with pipelined replicas: two stages per worker, two GPUs per machine."""
+    check_policy(name, **{"cluster.gpus_per_worker": 2, "cluster.gpus_per_machine": 2,
+                          "workload.hidden": [64, 64]})
+
+
 @pytest.mark.parametrize("name", policies())
 def test_timing_only_mode_keeps_the_timing(name):
     """Without numerics the schedule is the same: gradients change no simulated time."""

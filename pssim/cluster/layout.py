@@ -1,10 +1,16 @@
 """Where everyone lives: GPUs inside machines, machines, CPU machines and servers on the network.
 
-Worker i is GPU i. With one GPU per machine the GPU is the machine's network endpoint (host
-`worker<i>`, as in a plain PS cluster). With g > 1 GPUs per machine, machine j is a node `machine<j>`
-(its CPU and NIC) and GPU i is `machine<j>.gpu<l>`, joined to its machine by an intra-node link (NVLink or
-PCIe) of the same flow model: traffic between two GPUs of a machine crosses two intra-node links and
-never the NIC; traffic leaving the machine crosses one intra-node link and then the NIC.
+A data-parallel worker (a replica) spans k = gpus_per_worker GPUs, one per pipeline stage: worker i's
+stages are GPUs i*k .. i*k + k - 1, in stage order (with k = 1, worker i is GPU i). Machines hold
+g = gpus_per_machine consecutive GPUs each (machines = GPUs / g), so a replica's stages share a machine
+where they fit and otherwise continue on the next one.
+
+With one GPU per machine the GPU is the machine's network endpoint (host `worker<i>`, as in a plain PS
+cluster; with k > 1 stage s of worker i is host `worker<i>.stage<s>`). With g > 1 GPUs per machine,
+machine j is a node `machine<j>` (its CPU and NIC) and GPU l of it is `machine<j>.gpu<l>`, joined to its
+machine by an intra-node link (NVLink or PCIe) of the same flow model: traffic between two GPUs of a
+machine crosses two intra-node links and never the NIC; traffic leaving the machine crosses one
+intra-node link and then the NIC.
 """
 
 from __future__ import annotations
@@ -18,38 +24,69 @@ from pssim.network.transport import Transport
 @dataclass(frozen=True)
 class Layout:
     gpus_per_machine: int
-    gpus: tuple[str, ...]  # worker i's node
+    gpus: tuple[str, ...]  # every GPU's node, GPU g at gpus[g] (with one GPU per worker: worker i's node)
     machines: tuple[str, ...]  # GPU machines' network endpoints
     cpu_machines: tuple[str, ...]
     servers: tuple[str, ...]  # dedicated parameter-server hosts (sync, async, ssp)
+    gpus_per_worker: int = 1  # GPUs (pipeline stages) of one data-parallel replica
 
     @classmethod
-    def build(cls, workers: int, gpus_per_machine: int, cpu_machines: int, servers: int) -> "Layout":
-        if gpus_per_machine == 1:
-            gpus = machines = tuple(f"worker{i}" for i in range(workers))
+    def build(cls, workers: int, gpus_per_machine: int, cpu_machines: int, servers: int,
+              gpus_per_worker: int = 1) -> "Layout":
+        k, g = gpus_per_worker, gpus_per_machine
+        n = workers * k
+        if g == 1:
+            if k == 1:
+                gpus = tuple(f"worker{i}" for i in range(workers))
+            else:
+                gpus = tuple(f"worker{i // k}.stage{i % k}" for i in range(n))
+            machines = gpus
         else:
-            machines = tuple(f"machine{j}" for j in range(workers // gpus_per_machine))
-            gpus = tuple(f"machine{i // gpus_per_machine}.gpu{i % gpus_per_machine}" for i in range(workers))
-        return cls(gpus_per_machine, gpus, machines, tuple(f"cpu{k}" for k in range(cpu_machines)),
-                   tuple(f"server{j}" for j in range(servers)))
+            machines = tuple(f"machine{j}" for j in range(n // g))
+            gpus = tuple(f"machine{i // g}.gpu{i % g}" for i in range(n))
+        return cls(g, gpus, machines, tuple(f"cpu{c}" for c in range(cpu_machines)),
+                   tuple(f"server{j}" for j in range(servers)), k)
+
+    @property
+    def workers(self) -> int:
+        return len(self.gpus) // self.gpus_per_worker
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Each worker's host: the node of its first stage (its pushes and pulls leave from there)."""
+        return self.gpus[::self.gpus_per_worker]
+
+    def worker_gpus(self, worker: int) -> range:
+        """The GPU indices of worker's stages, in stage order."""
+        k = self.gpus_per_worker
+        return range(worker * k, (worker + 1) * k)
+
+    def stage_hosts(self, worker: int) -> tuple[str, ...]:
+        """The nodes of worker's stages, in stage order."""
+        return tuple(self.gpus[g] for g in self.worker_gpus(worker))
 
     @property
     def endpoints(self) -> list[str]:
         """Every node with a NIC, in rack order: GPU machines, CPU machines, servers."""
         return [*self.machines, *self.cpu_machines, *self.servers]
 
+    def machine_of_gpu(self, gpu: int) -> int:
+        return gpu // self.gpus_per_machine
+
     def machine_of(self, worker: int) -> int:
-        return worker // self.gpus_per_machine
+        """The machine of worker's first stage."""
+        return self.machine_of_gpu(worker * self.gpus_per_worker)
 
     def local_workers(self, machine: int) -> range:
-        g = self.gpus_per_machine
-        return range(machine * g, (machine + 1) * g)
+        """The workers whose first stage is on `machine` (with one GPU per worker: its GPUs)."""
+        g, k = self.gpus_per_machine, self.gpus_per_worker
+        return range(-(-machine * g // k), -(-(machine + 1) * g // k))
 
     def topology(self, topo_cfg, nic: Transport, intra: Transport) -> Topology:
         """The network of NICs (star or racks) plus, with g > 1, each GPU's intra-node link."""
         topo = topo_cfg.build(self.endpoints, nic)
         if self.gpus_per_machine > 1:
             for i, gpu in enumerate(self.gpus):
-                topo.add_duplex(gpu, self.machines[self.machine_of(i)], intra)
+                topo.add_duplex(gpu, self.machines[self.machine_of_gpu(i)], intra)
             topo.hosts += list(self.gpus)
         return topo

@@ -5,10 +5,19 @@ a push sends each shard its slice of the gradient, a pull fetches each shard's s
 Slices move concurrently, so a pull from k shards is k flows sharing the worker's NIC. What a shard does
 with an arriving gradient (accumulate, apply at once) is the policy's `on_arrival`; this module only
 moves bytes, charges server CPU and keeps the per-step record.
+
+Keys. A shard owns numerics parameters [lo, hi) and, on the wire, the same share of the timing profile's
+bytes. Expressed in the profile's terms, it holds `Key`s: the profile's layers laid end to end in bytes,
+cut at boundary_j = profile.nbytes * lo_j / n_params, give each shard the pieces of the layers between
+its boundaries (a layer cut by a boundary gives each shard its piece). A dense key's push carries its
+bytes; a sparse key's (a piece of an embedding table) carries only the rows the batch touched
+(`Key.push_bytes`). Shard j's bytes stay exactly `ServerShard.nbytes` (= the profile's share, as before)
+whenever no sparse key is pushed with a row count, so profiles without sparse layers move the same bytes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -23,6 +32,71 @@ def shard_ranges(n_params: int, servers: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
+@dataclass(frozen=True)
+class Key:
+    """A piece of one profile layer held by one shard: bytes [offset, offset + nbytes) of the layer.
+
+    A piece of a sparse layer (an embedding table of `layer_rows` rows of `row_bytes` each) holds `rows`
+    of them, rows [first_row, first_row + rows): row r lives in the piece that holds its first byte.
+    A dense piece has layer_rows = rows = 0. Boundaries fall where the numerics model's shard ranges put
+    them, so `offset` and `nbytes` may be fractional; a shard's pieces add up to its bytes.
+    """
+
+    layer: int  # index of the layer in the timing profile
+    offset: float  # bytes into the layer where this piece starts
+    nbytes: float
+    rows: int = 0
+    first_row: int = 0
+    layer_rows: int = 0
+    row_bytes: int = 0
+
+    @property
+    def sparse(self) -> bool:
+        return self.layer_rows > 0
+
+    def touched(self, rows_touched: int) -> int:
+        """This piece's share of `rows_touched` rows of its layer, spread evenly over the layer's rows.
+
+        With t = min(rows_touched, layer_rows) and C the rows of the layer before this piece, the share is
+        floor(t * (C + rows) / layer_rows) - floor(t * C / layer_rows): integers, never above `rows`, and
+        over the layer's pieces they sum to exactly t.
+        """
+        t = min(max(rows_touched, 0), self.layer_rows)
+        end = self.first_row + self.rows
+        return min(t * end // self.layer_rows - t * self.first_row // self.layer_rows, self.rows)
+
+    def push_bytes(self, rows_touched: int | None = None) -> float:
+        """Bytes a push of this key carries: all of them for a dense key, or when the rows touched are not
+        given (None); for a sparse key with `rows_touched` rows of its layer touched, its share of them
+        (`touched`) times row_bytes."""
+        if not self.sparse or rows_touched is None:
+            return self.nbytes
+        return self.touched(rows_touched) * self.row_bytes
+
+
+def shard_keys(profile, ranges: list[tuple[int, int]], n_params: int) -> list[list[Key]]:
+    """The keys of each shard: the profile's byte layout cut at profile.nbytes * lo_j / n_params."""
+    total = profile.nbytes
+    bounds = [total * lo / n_params for lo, _ in ranges] + [float(total)]
+    starts = np.cumsum([0] + [layer.nbytes for layer in profile.layers]).tolist()
+    keys: list[list[Key]] = []
+    for a, b in zip(bounds, bounds[1:]):
+        pieces = []
+        for i, layer in enumerate(profile.layers):
+            lo, hi = max(a, starts[i]), min(b, starts[i + 1])
+            if hi <= lo:
+                continue
+            offset, end = lo - starts[i], hi - starts[i]
+            if layer.sparse:
+                rb = layer.row_bytes
+                first, last = -int(-offset // rb), -int(-end // rb)  # ceil: a row lives with its first byte
+                pieces.append(Key(i, offset, hi - lo, last - first, first, layer.rows, rb))
+            else:
+                pieces.append(Key(i, offset, hi - lo))
+        keys.append(pieces)
+    return keys
+
+
 class ParameterServers:
     """The group of shards and the push/pull primitives policies use.
 
@@ -32,50 +106,78 @@ class ParameterServers:
         receive_cpu_s_per_byte: server CPU per byte received (transport plus aggregation).
         send_cpu_s_per_byte: server CPU per byte sent (transport).
         on_version: called after any shard applies an update (the run tracks global progress).
+        keys: each shard's keys by shard index (`shard_keys`); a shard without keys is one dense block
+            of its `nbytes`.
     """
 
     def __init__(self, env, network, shards: list[ServerShard], receive_cpu_s_per_byte: float,
-                 send_cpu_s_per_byte: float, on_version: Callable[[], None]):
+                 send_cpu_s_per_byte: float, on_version: Callable[[], None],
+                 keys: dict[int, list[Key]] | None = None):
         self.env = env
         self.network = network
         self.shards = shards
         self.receive_cpu = receive_cpu_s_per_byte
         self.send_cpu = send_cpu_s_per_byte
         self._on_version = on_version
+        self.keys: dict[int, list[Key]] = dict(keys or {})
+
+    def push_bytes(self, shard: ServerShard, rows_touched: dict[int, int] | None = None) -> float:
+        """Bytes a push to `shard` carries: its `nbytes` unless it holds sparse keys and `rows_touched`
+        (rows touched per sparse profile layer index) names their layer; then its dense keys' bytes plus
+        each sparse key's `Key.push_bytes`. A sparse layer missing from `rows_touched` is pushed whole."""
+        keys = self.keys.get(shard.index, ())
+        if not rows_touched or not any(k.sparse and k.layer in rows_touched for k in keys):
+            return shard.nbytes
+        return sum(k.push_bytes(rows_touched.get(k.layer)) for k in keys)
 
     def apply(self, shard: ServerShard, grad, scale: float = 1.0) -> None:
         """Apply one optimizer step on a shard and tell the run its version moved."""
         shard.apply(grad, scale)
         self._on_version()
 
-    def push(self, worker, grad: torch.Tensor | None, on_arrival: Callable):
-        """Send every shard its slice of `grad`; returns what each shard's on_arrival returned."""
-        rec = worker.current
-        rec.comm_start = self.env.now
-        procs = [self.env.process(self._push_shard(worker, s, grad, on_arrival)) for s in self.shards]
+    def push(self, worker, grad: torch.Tensor | None, on_arrival: Callable,
+             rows_touched: dict[int, int] | None = None):
+        """Send every shard its slice of `grad`; returns what each shard's on_arrival returned.
+
+        `rows_touched` maps a sparse profile layer's index to the rows of it this step's batch touched:
+        its keys then carry only their share of those rows (`push_bytes`); None pushes every key whole.
+        Only bytes change: on_arrival still gets the dense gradient slice.
+        """
+        worker.current.comm_start = self.env.now
+        sizes = [self.push_bytes(s, rows_touched) for s in self.shards]
+        procs = [self.env.process(self._push_shard(worker, s, n, grad, on_arrival))
+                 for s, n in zip(self.shards, sizes)]
         results = yield self.env.all_of(procs)
-        rec.push_end = self.env.now
-        rec.bytes_sent += sum(s.nbytes for s in self.shards)
         return [results[p] for p in procs]
 
-    def _push_shard(self, worker, shard: ServerShard, grad, on_arrival: Callable):
-        yield self.network.send(worker.host, shard.host, shard.nbytes, f"push w{worker.index}")
-        yield from shard.cpu.work(shard.nbytes * self.receive_cpu, f"recv w{worker.index}")
-        result = on_arrival(shard, worker, None if grad is None else grad[shard.lo:shard.hi])
+    def _push_shard(self, worker, shard: ServerShard, nbytes: float, grad, on_arrival: Callable):
+        """One shard's part of a push. The step's record is updated as each shard takes the gradient
+        (bytes_sent; push_end at the last), so it is right even if that apply ends the run."""
+        rec = worker.current
+        yield self.network.send(worker.host, shard.host, nbytes, f"push w{worker.index}")
+        shard.check_up()  # a shard marked down refuses the push (ShardDown)
+        yield from shard.cpu.work(nbytes * self.receive_cpu, f"recv w{worker.index}")
+        rec.bytes_sent += nbytes
         worker.delivered += 1
-        return result
+        if worker.delivered == len(self.shards):
+            rec.push_end = self.env.now
+        return on_arrival(shard, worker, None if grad is None else grad[shard.lo:shard.hi])
 
     def pull(self, worker, min_version: int = 0):
-        """Fetch every shard once its version is >= min_version; returns (params, per-shard versions)."""
+        """Fetch every shard once its version is >= min_version; returns (params, per-shard versions).
+
+        The worker keeps what it pulled as its local parameters (`worker.params`, `worker.version`: the
+        oldest shard's version). A pull carries every shard's full bytes.
+        """
         procs = [self.env.process(self._pull_shard(worker, s, min_version)) for s in self.shards]
         results = yield self.env.all_of(procs)
         parts = [results[p] for p in procs]
         if worker.current is not None:
             worker.current.bytes_received += sum(s.nbytes for s in self.shards)
         versions = [v for _, v in parts]
-        if parts[0][0] is None:
-            return None, versions
-        return torch.cat([p for p, _ in parts]), versions
+        params = None if parts[0][0] is None else torch.cat([p for p, _ in parts])
+        worker.params, worker.version = params, min(versions)  # the worker's local copy, as pulled
+        return params, versions
 
     def _pull_shard(self, worker, shard: ServerShard, min_version: int):
         yield self.network.send(worker.host, shard.host, 0, f"pull-req w{worker.index}")

@@ -1,4 +1,5 @@
-"""Failure hook: a policy's process can be interrupted; it knows it, records it, and the run goes on."""
+"""Failure hooks above the network: a policy's process can be interrupted (it knows it, records it, and the
+run goes on); a shard marked down refuses pushes and fails the pulls waiting on it."""
 
 import pytest
 
@@ -44,3 +45,18 @@ def test_interrupting_a_replicated_policy_stops_its_lockstep_process():
     sim = interrupted_run("allreduce", at=1e-3, index=0)
     assert [(i.worker, i.cause) for i in sim.policy.interruptions] == [(None, "crash")]
     assert sim.stalled and sim.ctx.progress.global_step < 60
+
+
+def test_a_shard_marked_down_refuses_pushes_and_fails_waiting_pulls():
+    """Shard 1 of 2 goes down mid-run under sync: the next push to it and the pulls waiting for its next
+    version fail with ShardDown, which reaches the worker loops (a fault model would catch it)."""
+    from pssim.comm.server import ShardDown
+
+    sim = Simulation(to_config(**fast(cluster__workers=2, cluster__servers=2, train__steps=50,
+                                      train__numerics=False)))
+    shard = sim.ctx.servers.shards[1]
+    sim.env.timeout(1e-3).callbacks.append(lambda _event: shard.mark_down())
+    with pytest.raises(ShardDown):
+        sim.run()
+    assert 1e-3 <= sim.env.now < 1e-3 + 3e-4 and not shard.up  # within one iteration (~2e-4 s) of the failure
+    assert 0 < sim.ctx.progress.global_step < 50
