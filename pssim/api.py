@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
 from pssim.config import Config
 from pssim.metrics import chrome_trace, evals_frame, links_frame, steps_frame, summarize
@@ -32,6 +33,7 @@ class Result:
     def save(self, directory: str | Path) -> Path:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.config)))
         (out / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
         self.steps.to_parquet(out / "steps.parquet", index=False)
         self.evals.to_parquet(out / "evals.parquet", index=False)
