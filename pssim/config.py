@@ -34,7 +34,9 @@ def one_of(key: str, value: Any, allowed) -> None:
 class ClusterConfig:
     """Who takes part: data-parallel workers, parameter-server shards and their devices."""
 
+    # Data-parallel workers (replicas).
     workers: int = 4
+    # Parameter-server shards (sync, async, ssp), each on its own host, balanced by bytes.
     servers: int = 1
     # GPUs of one data-parallel replica (its pipeline stages); GPUs = workers x gpus_per_worker.
     gpus_per_worker: int = 1
@@ -44,9 +46,11 @@ class ClusterConfig:
     cpu_machines: int = 0
     # NICs per machine, bonded into one link of nics x bandwidth.
     nics_per_machine: int = 1
+    # GPU type of every worker: v100, a100, h100, t4, cpu (`pssim list devices`).
     device: str = "v100"
     # One device name per worker for a heterogeneous cluster; empty means every worker uses `device`.
     worker_devices: list[str] = field(default_factory=list)
+    # fp32, or fp16 (tensor-core peak).
     precision: str = "fp32"
     # Server CPU time to add one byte of gradient into its aggregate (summation, memory traffic).
     aggregation_ns_per_byte: float = 0.1
@@ -63,7 +67,9 @@ class NetworkConfig:
     """A transport profile (a preset of the `network` or `intra` group): every value comes from the preset."""
 
     name: str = MISSING
+    # tcp, rdma, efa (network); nvlink, pcie (intra).
     transport: str = MISSING
+    # Line rate of one NIC (or intra-node link), one direction.
     bandwidth_gbps: float = MISSING
     # Fraction of line rate a transfer reaches (headers, acknowledgements, stack).
     efficiency: float = MISSING
@@ -120,14 +126,19 @@ class WorkloadConfig:
     """The real model and data every worker computes gradients on."""
 
     name: str = MISSING
+    # teacher (labels from a random two-layer network) or gaussian_mixture.
     dataset: str = MISSING
+    # Input features and classes of the generated data.
     features: int = 32
     classes: int = 10
+    # Hidden layer widths of the MLP (ignored by softmax).
     hidden: list[int] = field(default_factory=lambda: [64])
+    # Generated training samples (cut into one shard per worker) and held-out samples.
     train_samples: int = 16384
     eval_samples: int = 2048
     # gaussian_mixture: distance between class means, in units of the noise's standard deviation.
     separation: float = 2.0
+    # float32, or float64 for exact comparisons.
     dtype: str = "float32"
 
 
@@ -135,11 +146,18 @@ class WorkloadConfig:
 class TrainConfig:
     """How long to train and with which optimizer (SGD with momentum, applied by the servers)."""
 
+    # Global model updates to run (BSP: rounds of n gradients; ASP/SSP: single gradients).
     steps: int = 200
+    # A sample budget instead (overrides steps): run until this many training samples have been folded
+    # into the model, so that policies compare on equal samples. Rounded up to a whole global step.
+    samples: int | None = None
+    # Per worker.
     batch_size: int = 32
+    # SGD on the servers (or on every replica): learning rate, momentum, weight decay, as torch.optim.SGD.
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
+    # Held-out loss whose first crossing sets time_to_target_s (checked after every global step).
     target_loss: float | None = None
     # False: timing only, no gradients (for very large clusters).
     numerics: bool = True
@@ -147,7 +165,12 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """When the held-out set is evaluated (the evals table)."""
+
+    # Every this many global steps (BSP: rounds; ASP/SSP: single gradients).
     every: int = 20
+    # Every this many training samples instead (overrides every): every policy evaluated equally often.
+    every_samples: int | None = None
 
 
 @dataclass
@@ -165,9 +188,11 @@ class PolicyConfig:
 class OutputConfig:
     # Where the run's tables go; None writes nothing (the Hydra app sets its run directory).
     dir: str | None = None
+    # Write trace.json (Chrome/Perfetto format).
     trace: bool = True
     # trace.json covers the first this many global steps (0: the whole run); traces grow fast.
     trace_steps: int = 20
+    # Show a progress bar (after 2 s) and warnings about long runs.
     progress: bool = True
 
 
@@ -218,6 +243,7 @@ def check_core(c: Config) -> None:
 
     t = c.train
     require(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
+    require(t.samples is None or t.samples >= 1, "train.samples", t.samples, "must be >= 1 (or null: use train.steps)")
     require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     if t.numerics:  # timing-only runs never read the data set
         require(w.train_samples >= cl.workers * t.batch_size, "workload.train_samples", w.train_samples,
@@ -227,4 +253,6 @@ def check_core(c: Config) -> None:
     require(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
     require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     require(c.eval.every >= 1, "eval.every", c.eval.every, "must be >= 1")
+    require(c.eval.every_samples is None or c.eval.every_samples >= 1, "eval.every_samples", c.eval.every_samples,
+            "must be >= 1 (or null: use eval.every)")
     require(c.output.trace_steps >= 0, "output.trace_steps", c.output.trace_steps, "must be >= 0 (0: all)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 
 import simpy
@@ -73,15 +75,23 @@ class Simulation:
         cluster.workers += [Worker(ctx, i, layout.stage_hosts(i), DEVICES[devices[i]], stragglers[i])
                             for i in range(c.cluster.workers)]
         self.policy = policy_cls(ctx)
+        # A global step folds gradients_per_update batches (BSP: n, ASP: 1): the budget in samples.
+        self.samples_per_step = self.policy.gradients_per_update * c.train.batch_size
+        if c.train.samples is not None:
+            ctx.progress.steps = math.ceil(c.train.samples / self.samples_per_step)
 
         self.param_history: list[torch.Tensor] | None = [] if record_params and model is not None else None
         self.sim_time = 0.0
         self.wall_s = 0.0
         self.stalled = False  # the clock ran out of events before train.steps
         show = c.output.progress if progress is None else progress
-        self._bar = tqdm(total=c.train.steps, unit="step", desc=c.policy.name, delay=2.0,
+        self._bar = tqdm(total=ctx.progress.steps, unit="step", desc=c.policy.name, delay=2.0,
                          disable=not show, leave=False)
         ctx.progress.listeners += [self._on_step]
+        if show:
+            ctx.progress.listeners += [self._warn_if_heavy]
+        self._wall_start = time.perf_counter()
+        self._warned = set()
 
     @property
     def env(self):
@@ -110,7 +120,7 @@ class Simulation:
         return self
 
     def _run(self) -> None:
-        start = time.perf_counter()
+        start = self._wall_start = time.perf_counter()
         ctx = self.ctx
         self._evaluate()
         if self.param_history is not None:
@@ -164,11 +174,53 @@ class Simulation:
             ctx.network.record = False
         if self.param_history is not None:
             self.param_history.append(self.params.clone())
-        if step % self.config.eval.every == 0:
-            self._evaluate()
+        due = self._eval_due(old, step)
+        if due or self._watching_target():
+            self._evaluate(record=due)
 
-    def _evaluate(self) -> None:
+    def _warn_if_heavy(self, old: int, step: int) -> None:
+        """Early in a run shown to a user, warn once if it will take long or write a large trace
+        (the wall clock is read for this message only, never for simulated time)."""
+        elapsed, total = time.perf_counter() - self._wall_start, self.ctx.progress.steps
+        if "long" not in self._warned and (elapsed >= 1.0 or step >= 0.05 * total):
+            self._warned.add("long")
+            projected = elapsed / step * total
+            if projected > 60:
+                self._bar.write(f"pssim: this run will take about {projected / 60:.0f} min of wall time "
+                                f"({total:,} steps at {elapsed / step:.2f} s); fewer train.steps, or "
+                                "train.numerics=false, make it shorter", file=sys.stderr)
+        window = self.config.output.trace_steps or total
+        if "trace" not in self._warned and self.ctx.network.record and step >= 1:
+            self._warned.add("trace")
+            records = sum(len(f.links) for f in self.ctx.network.completed) + len(self.ctx.recorder.steps) + sum(
+                len(cpu.busy) for cpu in self.ctx.recorder.cpus)
+            megabytes = records * 160 / step * min(window, total) / 1e6  # ~160 bytes per trace event
+            if megabytes > 50:
+                self._bar.write(f"pssim: trace.json will be about {megabytes:,.0f} MB ({min(window, total)} steps "
+                                "traced); output.trace_steps=2 or output.trace=false make it smaller", file=sys.stderr)
+
+    def _eval_due(self, old: int, step: int) -> bool:
+        """An evaluation is due every eval.every global steps, or every eval.every_samples samples."""
+        every_samples = self.config.eval.every_samples
+        if every_samples is None:
+            return step // self.config.eval.every > old // self.config.eval.every
+        return step * self.samples_per_step // every_samples > old * self.samples_per_step // every_samples
+
+    def _watching_target(self) -> bool:
+        """Until train.target_loss is reached, the held-out loss is checked after every global step, so
+        time_to_target_s is the exact simulated time of the step that crossed it (not the next scheduled
+        evaluation's); that step gets a row in the evals table."""
+        return self.config.train.target_loss is not None and self.ctx.recorder.target is None
+
+    def _evaluate(self, record: bool = True) -> None:
+        """Evaluate the held-out set now; keep the row if `record` or if it first reached the target."""
         if self.ctx.model is None:
             return
         loss, accuracy = self.ctx.workload.evaluate(self.params)
-        self.ctx.recorder.evals.append((self.ctx.progress.global_step, self.ctx.env.now, loss, accuracy))
+        recorder, step, now = self.ctx.recorder, self.ctx.progress.global_step, self.ctx.env.now
+        target = self.config.train.target_loss
+        crossed = target is not None and recorder.target is None and loss <= target
+        if crossed:
+            recorder.target = (step, now)
+        if (record or crossed) and (not recorder.evals or recorder.evals[-1][0] != step):
+            recorder.evals.append((step, now, loss, accuracy))

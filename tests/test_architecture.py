@@ -18,9 +18,9 @@ LAYERS = {
     "pssim.policies": 6,
     "pssim.simulation": 7,
     "pssim.presets": 8, "pssim.api": 8, "pssim.testing": 8, "pssim": 10,
-    "pssim.__main__": 9,
+    "pssim.__main__": 9, "pssim.cli": 9,
 }
-HYDRA_ALLOWED = {"pssim.presets", "pssim.__main__"}
+HYDRA_ALLOWED = {"pssim.presets", "pssim.cli"}
 
 
 def layer(module: str) -> int:

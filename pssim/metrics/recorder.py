@@ -16,6 +16,7 @@ class Recorder:
     evals: list[tuple[int, float, float, float]] = field(default_factory=list)  # (step, time, loss, acc)
     cpus: list = field(default_factory=list)  # every server CPU, a track each in the trace
     trace_until: float = float("inf")
+    target: tuple[int, float] | None = None  # (global step, simulated time) train.target_loss was first reached
 
     def add_cpus(self, cpus) -> None:
         self.cpus += list(cpus)

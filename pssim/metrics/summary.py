@@ -7,14 +7,6 @@ import math
 import pandas as pd
 
 
-def _time_to_target(evals: pd.DataFrame, target: float | None) -> float | None:
-    """Simulated seconds until the held-out loss first reaches `target` (None if never)."""
-    if target is None or evals.empty:
-        return None
-    hit = evals[evals["loss"] <= target]
-    return None if hit.empty else float(hit["sim_time_s"].iloc[0])
-
-
 def _mean(series: pd.Series) -> float | None:
     return float(series.mean()) if len(series) else None
 
@@ -24,15 +16,24 @@ def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, st
     """Headline metrics of a finished run (its RunContext); every key is documented in docs/OUTPUTS.md."""
     c = ctx.config
     global_steps = ctx.progress.global_step
-    samples = global_steps * gradients_per_update * c.train.batch_size
+    per_step = gradients_per_update * c.train.batch_size
+    samples = global_steps * per_step
     last = evals.iloc[-1] if not evals.empty else None
+    target = ctx.recorder.target  # (global step, simulated time) of the exact crossing
     return {
         "policy": c.policy.name,
         "workers": c.cluster.workers,
-        "servers": c.cluster.servers,
+        "gpus": c.cluster.gpus,
+        "gpus_per_machine": c.cluster.gpus_per_machine,
+        "servers": len(ctx.servers.shards) if ctx.servers is not None else None,  # PS shards (None: no PS)
         "network": c.network.name,
+        "topology": c.topology.name,
+        "profile": c.profile.name,
         "workload": c.workload.name,
         "device": c.cluster.device,
+        "precision": c.cluster.precision,
+        "stragglers": c.stragglers.model,
+        "batch_size": c.train.batch_size,
         "seed": c.seed,
         "global_steps": global_steps,
         "stalled": stalled,
@@ -47,24 +48,70 @@ def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, st
         "final_loss": float(last["loss"]) if last is not None else None,
         "final_accuracy": float(last["accuracy"]) if last is not None else None,
         "target_loss": c.train.target_loss,
-        "time_to_target_s": _time_to_target(evals, c.train.target_loss),
+        "time_to_target_s": target[1] if target else None,
+        "steps_to_target": target[0] if target else None,
+        "samples_to_target": target[0] * per_step if target else None,
         "bytes_sent": ctx.network.bytes_delivered,
         "wall_s": wall_s,
         "events": ctx.env.events,
     }
 
 
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def seconds(value) -> str:
+    """A duration with a unit that keeps 3-4 significant digits: 0.218 ms, 42.99 ms, 1.204 s."""
+    if _missing(value):
         return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(value) >= scale or unit == "us":
+            return f"{value / scale:.4g} {unit}"
 
 
-def format_summary(summary: dict) -> str:
-    """A two-column text table of the summary, for the end of a run."""
-    width = max(len(k) for k in summary)
-    lines = [f"{k.ljust(width)}  {_fmt(v)}" for k, v in summary.items()]
-    rule = "-" * max(len(line) for line in lines)
-    return "\n".join([rule, *lines, rule])
+def size(value) -> str:
+    """Bytes in decimal units: 1.72 MB, 17.6 GB."""
+    if _missing(value):
+        return "-"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def count(value) -> str:
+    return "-" if _missing(value) else f"{value:,.0f}"
+
+
+def format_summary(s: dict) -> str:
+    """The table printed at the end of a run: the setup on top, then the results with units."""
+    servers = f", {s['servers']} PS shard{'s' * (s['servers'] != 1)}" if s.get("servers") else ""
+    setup = [
+        f"{s['policy']}: {s['workers']} workers, {s['gpus']} GPUs ({s['device']}, {s['precision']}, "
+        f"{s['gpus_per_machine']} per machine){servers}",
+        f"network {s['network']} on {s['topology']}; timing profile {s['profile']}, numerics {s['workload']}; "
+        f"stragglers {s['stragglers']}; batch {s['batch_size']} per worker; seed {s['seed']}",
+    ]
+    loss = "-" if _missing(s["final_loss"]) else f"{s['final_loss']:.4f} (accuracy {s['final_accuracy']:.4f})"
+    target = "-" if s["target_loss"] is None else (
+        f"not reached (target {s['target_loss']})" if s["time_to_target_s"] is None else
+        f"{seconds(s['time_to_target_s'])} at step {s['steps_to_target']:,} (target {s['target_loss']})")
+    rows = [
+        ("global steps", f"{count(s['global_steps'])} ({count(s['samples'])} samples)"
+                         + ("  STALLED: the run stopped before train.steps" if s["stalled"] else "")),
+        ("simulated time", seconds(s["sim_time_s"])),
+        ("throughput", f"{count(s['throughput_samples_per_s'])} samples/s"),
+        ("iteration", f"{seconds(s['mean_iteration_s'])} (compute {seconds(s['mean_compute_s'])}, "
+                      f"communication {seconds(s['mean_communication_s'])})"),
+        ("staleness", "-" if _missing(s["mean_staleness"]) else
+                      f"mean {s['mean_staleness']:.3g}, max {s['max_staleness']} updates"),
+        ("final loss", loss),
+        ("time to target", target),
+        ("bytes sent", size(s["bytes_sent"])),
+        ("wall time", f"{s['wall_s']:.2f} s ({count(s['events'])} events)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    rule = "-" * max(len(line) for line in [*setup, *lines])
+    return "\n".join([rule, *setup, rule, *lines, rule])

@@ -1,0 +1,230 @@
+"""The `pssim` command (also `python -m pssim`): a Hydra app with pssim's own help, listing and key checks.
+
+    pssim [+policy=NAME | policy=NAME] [GROUP=PRESET ...] [KEY=VALUE ...]   one run
+    pssim -m KEY=A,B ...                                                   a sweep (Hydra multirun)
+    pssim list [GROUP]                                                     what can be chosen
+    pssim --help                                                           groups and keys
+
+Before Hydra sees the overrides, `policy=NAME` becomes `+policy=NAME` and every key is checked against
+the composed config, so a misspelt key stops with one line naming the closest real key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+import sys
+from dataclasses import fields, is_dataclass
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pssim.api import simulate
+from pssim.cluster.device import DEVICES
+from pssim.cluster.stragglers import STRAGGLER_MODELS
+from pssim.cluster.topologies import TOPOLOGIES
+from pssim.config import Config, ConfigError
+from pssim.metrics.summary import format_summary
+from pssim.policies import POLICIES
+from pssim.presets import CONFIG_DIR, GROUPS, check_overrides, compose, preset_names, register_schemas
+from pssim.workload.profiles import PROFILES
+
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def app(cfg: DictConfig) -> dict:
+    """One run (or one job of a sweep): simulate, write the run directory, print the summary table."""
+    cfg.output.dir = HydraConfig.get().runtime.output_dir
+    try:
+        check_overrides(HydraConfig.get().overrides.task)
+        result = simulate(cfg)
+    except ConfigError as err:
+        fail(str(err))
+    print(format_summary(result.summary))
+    print(f"outputs: {cfg.output.dir}")
+    return result.summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["list"]:
+        print(listing(args[1:]))
+        return
+    if "--help" in args or "-h" in args:
+        print(help_text())
+        return
+    args = [normalize(a) for a in args]
+    try:
+        check_keys(args)
+    except ConfigError as err:
+        fail(str(err))
+    sys.argv = [sys.argv[0], *args]
+    app()
+
+
+def fail(message: str) -> None:
+    print(f"pssim: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# -- overrides -----------------------------------------------------------------------------------------
+OVERRIDE = re.compile(r"^(?P<prefix>\+\+|\+|~)?(?P<key>[\w.\[\]/@-]+)=(?P<value>.*)$")
+
+
+def normalize(arg: str) -> str:
+    """`policy=NAME` picks a policy as `+policy=NAME` does (sync is merged first as the default)."""
+    return "+" + arg if arg.startswith("policy=") else arg
+
+
+def _is_group_pick(key: str) -> bool:
+    return key in GROUPS or "/" in key or key.startswith("hydra")
+
+
+def _first(value: str) -> list[str]:
+    """The values of a sweep (`a,b,c`); a function sweep (range(...), glob(...)) is not expanded."""
+    return [value] if "(" in value else [v for v in value.split(",") if v] or [value]
+
+
+def check_keys(args: list[str]) -> None:
+    """Every KEY=VALUE names a real key of the config its group choices compose (for at least one
+    policy of a policy sweep); otherwise ConfigError naming the closest key."""
+    overrides = [m for a in args if not a.startswith("-") and (m := OVERRIDE.match(a))]
+    picks = {m["key"]: _first(m["value"]) for m in overrides if _is_group_pick(m["key"]) and m["key"] != "hydra"}
+    policies = picks.pop("policy", ["sync"])
+    base = [f"{g}={v[0]}" for g, v in picks.items() if g in GROUPS]
+    known: set[str] = set()
+    for policy in policies:
+        known |= flat_keys(compose([*base, f"+policy={policy}"]))
+    for m in overrides:
+        key = m["key"]
+        if _is_group_pick(key) or m["prefix"] == "~" or key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        owners = [p for p in POLICIES if key.startswith("policy.") and key.split(".", 1)[1] in
+                  {f.name for f in fields(POLICIES[p].Config)}]
+        if owners:
+            hint = f"; it is a key of policy {', '.join(owners)} (choose it with +policy=NAME)"
+        raise ConfigError(f"{key} is not a key of this configuration{hint}")
+
+
+def flat_keys(cfg) -> set[str]:
+    """Every dotted key of a config, nodes and leaves."""
+    out: set[str] = set()
+
+    def walk(node, prefix: str) -> None:
+        for k in node:
+            path = f"{prefix}{k}"
+            out.add(path)
+            child = node[k] if not OmegaConf.is_missing(node, k) else None
+            if isinstance(child, DictConfig):
+                walk(child, path + ".")
+
+    walk(cfg, "")
+    return out
+
+
+# -- pssim list ----------------------------------------------------------------------------------------
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+def _preset_line(group: str, name: str) -> str:
+    """The first comment line of a preset's YAML file."""
+    for line in (CONFIG_DIR / group / f"{name}.yaml").read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def listing(groups: list[str]) -> str:
+    """One line per choice: policies, the presets of every group, devices, profiles."""
+    sections = {
+        "policy": [(n, _first_line(sys.modules[POLICIES[n].__module__].__doc__)) for n in sorted(POLICIES)],
+        **{g: [(n, _preset_line(g, n)) for n in preset_names(g)] for g in GROUPS if g != "policy"},
+        "devices (cluster.device)": [(d.name, f"{d.peak_fp32 / 1e12:g} TFLOP/s fp32, {d.peak_fp16 / 1e12:g} fp16 "
+                                              f"(efficiency {d.efficiency_fp32:g} / {d.efficiency_fp16:g})")
+                                     for d in DEVICES.values()],
+    }
+    wanted = groups or list(sections)
+    unknown = [g for g in wanted if g not in sections and not any(s.startswith(g) for s in sections)]
+    if unknown:
+        fail(f"pssim list {unknown[0]}: allowed values are " + ", ".join(s.split()[0] for s in sections))
+    lines = []
+    for title, rows in sections.items():
+        if not any(title.startswith(g) for g in wanted):
+            continue
+        width = max(len(n) for n, _ in rows)
+        lines += [f"{title}:", *[f"  {n.ljust(width)}  {text}" for n, text in rows], ""]
+    return "\n".join(lines).rstrip()
+
+
+# -- pssim --help --------------------------------------------------------------------------------------
+def field_docs(cls) -> dict[str, str]:
+    """The comment lines above each field of a dataclass, or its class docstring's first line."""
+    docs, pending = {}, []
+    for klass in reversed(cls.__mro__):
+        if not is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        for line in source[1:]:
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                pending.append(stripped.lstrip("# "))
+            elif m := re.match(r"^\s+(\w+):", line):
+                if pending:
+                    docs[m.group(1)] = " ".join(pending)
+                pending = []
+            else:
+                pending = []
+    return docs
+
+
+def _keys(prefix: str, schema) -> list[tuple[str, str, str]]:
+    """(key, default, description) of a dataclass schema's own leaf fields."""
+    docs = field_docs(schema)
+    rows = []
+    defaults = OmegaConf.structured(schema)
+    for f in fields(schema):
+        if is_dataclass(f.type) or f.name in ("name", "model"):
+            continue
+        value = "???" if OmegaConf.is_missing(defaults, f.name) else OmegaConf.to_container(defaults)[f.name]
+        rows.append((f"{prefix}.{f.name}", "per preset" if value == "???" else repr(value), docs.get(f.name, "")))
+    return rows
+
+
+def help_text() -> str:
+    from pssim.config import ClusterConfig, EvalConfig, NetworkConfig, OutputConfig, TrainConfig, WorkloadConfig
+
+    groups = [f"  {g:<11} {', '.join(POLICIES if g == 'policy' else preset_names(g))}" for g in GROUPS]
+    core = [("seed", "0", "root of every random stream"),
+            *_keys("cluster", ClusterConfig), *_keys("train", TrainConfig), *_keys("eval", EvalConfig),
+            *_keys("workload", WorkloadConfig), *_keys("network", NetworkConfig), *_keys("output", OutputConfig)]
+    parts = [*[("policy", POLICIES[n].Config, f"under +policy={n}") for n in sorted(POLICIES)],
+             *[("stragglers", s, f"under stragglers={n}") for n, s in STRAGGLER_MODELS.items()],
+             *[("topology", t, f"under topology={n}") for n, t in TOPOLOGIES.items()]]
+    own = [(k, d, f"{text} ({where})".strip()) for group, schema, where in parts for k, d, text in _keys(group, schema)]
+    width = max(len(k) + len(d) for k, d, _ in [*core, *own]) + 3
+
+    def row(key, default, text):
+        return f"  {(key + ' = ' + default).ljust(width)}  {text}"
+
+    return "\n".join([
+        __doc__.split("\n\n")[0].strip().replace("(also `python -m pssim`)", "(or python -m pssim)"),
+        "", *[line for line in __doc__.split("\n\n")[1].splitlines()], "",
+        "Groups (GROUP=PRESET; `pssim list` describes each):", *groups, "",
+        "Keys (KEY=VALUE, default):", *[row(*r) for r in core], "",
+        "Keys of one policy, straggler model or topology:", *[row(*r) for r in own], "",
+        "Profiles: " + ", ".join(PROFILES) + ".  Hydra's own options: pssim --hydra-help.",
+        "Outputs: runs/<date>/<time>_<overrides>/ (docs/OUTPUTS.md).",
+    ])
+
+
+if __name__ == "__main__":
+    main()
