@@ -193,7 +193,7 @@ class Simulation:
         if "trace" not in self._warned and self.ctx.network.record and step >= 1:
             self._warned.add("trace")
             records = sum(len(f.links) for f in self.ctx.network.completed) + len(self.ctx.recorder.steps) + sum(
-                len(cpu.busy) for cpu in self.ctx.recorder.cpus)
+                len(cpu.busy) for cpu in self.ctx.recorder.cpus) + len(self.ctx.network.rate_log)
             megabytes = records * 160 / step * min(window, total) / 1e6  # ~160 bytes per trace event
             if megabytes > 50:
                 self._bar.write(f"pssim: trace.json will be about {megabytes:,.0f} MB ({min(window, total)} steps "

@@ -75,12 +75,14 @@ def check_result(result: Result) -> None:
 
 
 def _check_trace(trace: dict, layout: Layout, links, uses_servers: bool) -> None:
-    """A track per worker, per server (dedicated hosts, or the cluster's own machines) and per link."""
+    """A compute track per worker; core tracks per server (dedicated hosts, or the cluster's own
+    machines); flow lanes only on links that carried bytes (docs/OUTPUTS.md, trace.json)."""
     names = {(e["pid"], e["args"]["name"]) for e in trace["traceEvents"] if e["name"] == "thread_name"}
-    assert {n for p, n in names if p == 1} == set(layout.hosts)
-    servers = {n for p, n in names if p == 2}
+    assert {n.removesuffix(" compute") for p, n in names if p == 1 and n.endswith(" compute")} == set(layout.hosts)
+    servers = {n.rsplit(" core ", 1)[0] for p, n in names if p == 2}
     if uses_servers:
         assert servers == set(layout.servers)
     else:
         assert servers <= set(links["src"])
-    assert len({n for p, n in names if p == 3}) == len(links)
+    carried = {n.rsplit(" flow ", 1)[0] for p, n in names if p == 3}
+    assert carried and carried <= set(links.loc[links["bytes"] > 0, "link"])

@@ -97,7 +97,8 @@ def test_allreduce_sends_one_ring_flow_per_fusion_buffer(threshold):
     spans = [e for e in result.trace["traceEvents"] if e["ph"] == "X" and e["pid"] == 3 and e["name"] == "allreduce"]
     names = {e["tid"]: e["args"]["name"] for e in result.trace["traceEvents"]
              if e["name"] == "thread_name" and e["pid"] == 3}
-    uplink = sorted((e for e in spans if names[e["tid"]] == "worker0->switch"), key=lambda e: e["ts"])
+    uplink = sorted((e for e in spans if names[e["tid"]].rsplit(" flow ", 1)[0] == "worker0->switch"),
+                    key=lambda e: e["ts"])
     assert len(uplink) == steps * len(expected)
     sizes = [e["args"]["bytes"] for e in uplink]
     want = [2 * (n - 1) * size / n for _, size in expected] * steps

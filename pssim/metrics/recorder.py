@@ -14,7 +14,7 @@ class Recorder:
 
     steps: list = field(default_factory=list)  # StepRecord, one per worker step
     evals: list[tuple[int, float, float, float]] = field(default_factory=list)  # (step, time, loss, acc)
-    cpus: list = field(default_factory=list)  # every server CPU, a track each in the trace
+    cpus: list = field(default_factory=list)  # every server CPU, a track per core in use in the trace
     trace_until: float = float("inf")
     target: tuple[int, float] | None = None  # (global step, simulated time) train.target_loss was first reached
 

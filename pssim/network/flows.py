@@ -73,6 +73,11 @@ class FlowNetwork:
         self.link_bytes: dict[Link, float] = defaultdict(float)  # bytes each link carried, failed flows' too
         self.link_busy_s: dict[Link, float] = defaultdict(float)
         self.completed: list[Flow] = []  # kept while `record` is on (for the trace)
+        # While `record` is on: (time, link name, bytes/s allocated on it, its capacity) each time a
+        # link's total allocated rate or capacity changes (the trace's utilisation counters); a link's
+        # entries are in time order. Names, not links: a log of plain values costs the GC nothing.
+        self.rate_log: list[tuple[float, str, float, float]] = []
+        self._logged: dict[Link, tuple[float, float]] = {}  # each link's last (rate, capacity) in rate_log
         self.failed: list[Flow] = []  # flows that a link going down ended (always kept: they are rare)
         self.record = True
         self.bytes_delivered = 0.0  # every completed message, recorded or not
@@ -320,6 +325,7 @@ class FlowNetwork:
         capacity (a lazy heap: stale entries are skipped) or a flow's own cap if smaller, freeze its
         flows at that rate and charge them to every link they cross.
         """
+        changed = self._changed if self.record else None  # links whose flows or capacity changed
         flows = self._affected()
         users: dict[Link, list[Flow]] = defaultdict(list)
         for f in flows:
@@ -356,6 +362,29 @@ class FlowNetwork:
             for l in touched:
                 if count[l]:
                     heapq.heappush(heap, (spare[l] / count[l], order[l], l))
+        if changed is not None:
+            self._log_rates(spare, changed)
+
+    def _log_rates(self, spare: dict[Link, float], changed: set[Link]) -> None:
+        """While recording: append (now, link name, total allocated rate, capacity) for each link just
+        reshared (its capacity less its spare; 0 for a link left without flows) whose rate moved by more
+        than a rounding, or whose capacity changed, since its last entry. A link that never carried a
+        flow has no entry. Reads the allocation only: the model's numbers are the same without it."""
+        now, logged, log = self.env.now, self._logged, self.rate_log.append
+        for link, left in spare.items():
+            capacity = link.capacity
+            rate = capacity - left
+            last = logged.get(link)
+            if last is None and rate <= 0 or (
+                    last is not None and last[1] == capacity and abs(rate - last[0]) <= 1e-12 * capacity):
+                continue
+            logged[link] = (rate, capacity)
+            log((now, link.name, rate, capacity))
+        for link in sorted(changed - spare.keys(), key=lambda l: l.name):  # left without flows
+            last = logged.get(link)
+            if last is not None and (last[0] != 0.0 or last[1] != link.capacity):
+                logged[link] = (0.0, link.capacity)
+                log((now, link.name, 0.0, link.capacity))
 
     def _finish(self, flows: list[Flow]) -> None:
         """The flows' last bytes landed now: account them, and fire each one's event after its tail."""
