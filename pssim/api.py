@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from pssim.config import Config
+from pssim.config import Config, ConfigError
 from pssim.metrics import chrome_trace, evals_frame, links_frame, steps_frame, summarize
 from pssim.presets import to_config
 from pssim.simulation import Simulation
@@ -31,16 +32,43 @@ class Result:
     param_history: list[torch.Tensor] | None = None
 
     def save(self, directory: str | Path) -> Path:
+        """Write the run directory. Each file is written under a temporary name and renamed into place,
+        summary.json last, so a directory with a summary.json is complete; outputs of an earlier run
+        in the same directory that this run does not write (a trace.json) are removed first."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.config)))
-        (out / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
-        self.steps.to_parquet(out / "steps.parquet", index=False)
-        self.evals.to_parquet(out / "evals.parquet", index=False)
-        self.links.to_parquet(out / "links.parquet", index=False)
+        for name in OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
+        _write(out / "config.yaml", lambda p: p.write_text(OmegaConf.to_yaml(OmegaConf.structured(self.config))))
+        _write(out / "steps.parquet", lambda p: self.steps.to_parquet(p, index=False))
+        _write(out / "evals.parquet", lambda p: self.evals.to_parquet(p, index=False))
+        _write(out / "links.parquet", lambda p: self.links.to_parquet(p, index=False))
         if self.trace is not None:
-            (out / "trace.json").write_text(json.dumps(self.trace))
+            _write(out / "trace.json", lambda p: p.write_text(json.dumps(self.trace)))
+        _write(out / "summary.json", lambda p: p.write_text(json.dumps(self.summary, indent=2, allow_nan=False) + "\n"))
         return out
+
+
+OUTPUT_FILES = ("summary.json", "config.yaml", "steps.parquet", "evals.parquet", "links.parquet", "trace.json")
+
+
+def _write(path: Path, write) -> None:
+    """write(tmp) then rename tmp to path: a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def check_writable(directory: str | Path) -> None:
+    """Fail before the run, not after it, if the run directory cannot be written."""
+    out = Path(directory)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".pssim-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output.dir={str(directory)!r} is not writable: {err.strerror or err}") from None
 
 
 def simulate(config: Any = None, *, record_params: bool = False, progress: bool | None = None,
@@ -60,6 +88,8 @@ def simulate(config: Any = None, *, record_params: bool = False, progress: bool 
         The Result; if config.output.dir is set, its files are written there too.
     """
     cfg = to_config(config, **overrides)
+    if cfg.output.dir:
+        check_writable(cfg.output.dir)
     sim = Simulation(cfg, record_params=record_params, progress=progress).run()
     ctx = sim.ctx
     steps = steps_frame(ctx.recorder.steps)
@@ -67,7 +97,7 @@ def simulate(config: Any = None, *, record_params: bool = False, progress: bool 
     result = Result(
         config=cfg,
         summary=summarize(ctx, sim.policy.gradients_per_update, sim.sim_time, sim.wall_s, steps, evals,
-                          stalled=sim.stalled),
+                          status=sim.status, diverged_at=sim.diverged_at),
         steps=steps,
         evals=evals,
         links=links_frame(ctx.network, sim.sim_time),

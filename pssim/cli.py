@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import re
 import sys
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pssim.api import simulate
@@ -28,24 +32,80 @@ from pssim.cluster.topologies import TOPOLOGIES
 from pssim.config import Config, ConfigError
 from pssim.metrics.summary import format_summary
 from pssim.policies import POLICIES
-from pssim.presets import CONFIG_DIR, GROUPS, check_overrides, compose, preset_names, register_schemas
+from pssim.presets import CONFIG_DIR, GROUPS, check_overrides, compose, preset_names, register_schemas, to_config
 from pssim.workload.profiles import PROFILES
 
 register_schemas()
 
 
+# Exit status of a single run by how it ended (a sweep always goes on, and reports each run's status).
+EXIT = {"completed": 0, "failed": 2, "stalled": 3, "diverged": 4, "interrupted": 130}
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def app(cfg: DictConfig) -> dict:
-    """One run (or one job of a sweep): simulate, write the run directory, print the summary table."""
-    cfg.output.dir = HydraConfig.get().runtime.output_dir
+def app(cfg: DictConfig) -> dict | None:
+    """One run (or one job of a sweep): simulate, write the run directory, print the summary table.
+
+    A sweep's job that fails (an invalid value) writes a summary.json with status failed and its
+    error, and the sweep goes on; a job whose directory already holds a completed run of the same
+    config is skipped unless output.force=true."""
+    out = Path(HydraConfig.get().runtime.output_dir)
+    cfg.output.dir = str(out)
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         check_overrides(HydraConfig.get().overrides.task)
-        result = simulate(cfg)
+        config = to_config(cfg)
+        if not config.output.force and _completed(out, config):
+            print(f"pssim: {out} already holds this completed run; skipped (output.force=true reruns it)")
+            return json.loads((out / "summary.json").read_text())
+        result = simulate(config)
     except ConfigError as err:
-        fail(str(err))
+        if not sweep:
+            fail(str(err))
+        _record_failure(out, str(err))
+        print(f"pssim: error: {err} (recorded in {out}; the sweep goes on)", file=sys.stderr)
+        return None
     print(format_summary(result.summary))
-    print(f"outputs: {cfg.output.dir}")
+    print(f"outputs: {out}")
+    status = result.summary["status"]
+    if not sweep and status != "completed":
+        sys.exit(EXIT[status])
     return result.summary
+
+
+def _completed(out: Path, config) -> bool:
+    """Whether `out` holds a completed run of exactly this config."""
+    summary, saved = out / "summary.json", out / "config.yaml"
+    if not (summary.exists() and saved.exists()):
+        return False
+    same = saved.read_text() == OmegaConf.to_yaml(OmegaConf.structured(config))
+    return same and json.loads(summary.read_text()).get("status") == "completed"
+
+
+def _record_failure(out: Path, error: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps({"status": "failed", "error": error}, indent=2) + "\n")
+
+
+class SweepStatus(Callback):
+    """At the end of a sweep: one line per run with its status (and its error or headline numbers)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        root = Path(config.hydra.sweep.dir)
+        rows = []
+        for path in sorted(root.glob("*/summary.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+            s = json.loads(path.read_text())
+            detail = s.get("error") or (f"{s['throughput_samples_per_s']:,.0f} samples/s, final loss "
+                                        f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else
+                                        f"{(s.get('throughput_samples_per_s') or 0):,.0f} samples/s")
+            rows.append((path.parent.name, s.get("status", "?"), detail))
+        if not rows:
+            return
+        width = max(len(r[0]) for r in rows)
+        counts = {st: sum(r[1] == st for r in rows) for st in dict.fromkeys(r[1] for r in rows)}
+        print(f"\nsweep {root}: " + ", ".join(f"{n} {st}" for st, n in counts.items()))
+        for name, status, detail in rows:
+            print(f"  {name.ljust(width)}  {status:<11}  {detail}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,16 +151,24 @@ def _first(value: str) -> list[str]:
 def check_keys(args: list[str]) -> None:
     """Every KEY=VALUE names a real key of the config its group choices compose (for at least one
     policy of a policy sweep); otherwise ConfigError naming the closest key."""
+    deletions = [a for a in args if a.startswith("~")]
+    if deletions:
+        raise ConfigError(f"{deletions[0]}: deleting a key is not supported; set it to a value instead")
     overrides = [m for a in args if not a.startswith("-") and (m := OVERRIDE.match(a))]
     picks = {m["key"]: _first(m["value"]) for m in overrides if _is_group_pick(m["key"]) and m["key"] != "hydra"}
     policies = picks.pop("policy", ["sync"])
     base = [f"{g}={v[0]}" for g, v in picks.items() if g in GROUPS]
     known: set[str] = set()
+    composed = []
     for policy in policies:
-        known |= flat_keys(compose([*base, f"+policy={policy}"]))
+        composed.append(compose([*base, f"+policy={policy}"]))
+        known |= flat_keys(composed[-1])
     for m in overrides:
         key = m["key"]
-        if _is_group_pick(key) or m["prefix"] == "~" or key in known:
+        if _is_group_pick(key):
+            continue
+        if key in known:
+            _check_bool(key, m["value"], composed)
             continue
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
@@ -109,6 +177,13 @@ def check_keys(args: list[str]) -> None:
         if owners:
             hint = f"; it is a key of policy {', '.join(owners)} (choose it with +policy=NAME)"
         raise ConfigError(f"{key} is not a key of this configuration{hint}")
+
+
+def _check_bool(key: str, value: str, composed) -> None:
+    """A true/false key takes true or false (Hydra would read `network.multipath=2` as true)."""
+    is_bool = any(isinstance(OmegaConf.select(c, key, default=None), bool) for c in composed)
+    if is_bool and not any(v.lower() in ("true", "false") for v in _first(value)):
+        raise ConfigError(f"{key}={value} is invalid: must be true or false")
 
 
 def flat_keys(cfg) -> set[str]:

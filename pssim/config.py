@@ -10,7 +10,8 @@ is the one place that knows every registry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from omegaconf import MISSING
@@ -24,6 +25,23 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Raise ConfigError("key=value is invalid: allowed") unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def finite(key: str, value: Any, at_most: float | None = None) -> None:
+    """A number must be finite (and at most `at_most`): inf or NaN would drive the clock to inf or NaN."""
+    require(isinstance(value, (int, float)) and math.isfinite(value), key, value, "must be a finite number")
+    if at_most is not None:
+        require(abs(value) <= at_most, key, value, f"must be at most {at_most:g} in magnitude")
+
+
+def check_all_finite(node: Any, prefix: str) -> None:
+    """Every float of a schema (recursively) must be finite."""
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if is_dataclass(value):
+            check_all_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            finite(f"{prefix}{f.name}", value)
 
 
 def one_of(key: str, value: Any, allowed) -> None:
@@ -88,10 +106,12 @@ class NetworkConfig:
         one_of(f"{group}.transport", self.transport, kinds)
         require(self.bandwidth_gbps > 0, f"{group}.bandwidth_gbps", self.bandwidth_gbps, "must be > 0")
         require(0 < self.efficiency <= 1, f"{group}.efficiency", self.efficiency, "must be in (0, 1]")
-        require(self.latency_us >= 0, f"{group}.latency_us", self.latency_us, "must be >= 0")
-        require(self.hop_latency_us >= 0, f"{group}.hop_latency_us", self.hop_latency_us, "must be >= 0")
+        require(0 <= self.latency_us <= 1e6, f"{group}.latency_us", self.latency_us, "must be in [0, 1e6] us")
+        require(0 <= self.hop_latency_us <= 1e6, f"{group}.hop_latency_us", self.hop_latency_us,
+                "must be in [0, 1e6] us")
         require(self.flow_cap_gbps >= 0, f"{group}.flow_cap_gbps", self.flow_cap_gbps, "must be >= 0 (0: no cap)")
-        require(self.cpu_ns_per_byte >= 0, f"{group}.cpu_ns_per_byte", self.cpu_ns_per_byte, "must be >= 0")
+        require(0 <= self.cpu_ns_per_byte <= 1e6, f"{group}.cpu_ns_per_byte", self.cpu_ns_per_byte,
+                "must be in [0, 1e6] ns per byte")
 
 
 @dataclass
@@ -194,6 +214,9 @@ class OutputConfig:
     trace_steps: int = 20
     # Show a progress bar (after 2 s) and warnings about long runs.
     progress: bool = True
+    # Rerun even if the run directory already holds a completed run of the same config (sweeps rerun
+    # into the same hydra.sweep.dir skip those otherwise).
+    force: bool = False
 
 
 @dataclass
@@ -214,6 +237,9 @@ class Config:
 
 def check_core(c: Config) -> None:
     """The checks of the core keys, which need no registry (pssim.presets.validate runs the rest)."""
+    for section in ("cluster", "network", "intra", "workload", "train", "eval", "output"):
+        check_all_finite(getattr(c, section), f"{section}.")
+    require(0 <= c.seed < 2 ** 63, "seed", c.seed, "must be in [0, 2**63)")
     cl = c.cluster
     require(cl.workers >= 1, "cluster.workers", cl.workers, "must be >= 1")
     require(cl.servers >= 1, "cluster.servers", cl.servers, "must be >= 1")
@@ -229,8 +255,9 @@ def check_core(c: Config) -> None:
     require(cl.server_cores >= 1, "cluster.server_cores", cl.server_cores, "must be >= 1")
     require(cl.cpu_machines >= 0, "cluster.cpu_machines", cl.cpu_machines, "must be >= 0")
     require(cl.nics_per_machine >= 1, "cluster.nics_per_machine", cl.nics_per_machine, "must be >= 1")
-    require(cl.aggregation_ns_per_byte >= 0, "cluster.aggregation_ns_per_byte", cl.aggregation_ns_per_byte,
-            "must be >= 0")
+    require(0 <= cl.aggregation_ns_per_byte <= 1e6, "cluster.aggregation_ns_per_byte", cl.aggregation_ns_per_byte,
+            "must be in [0, 1e6] ns per byte")
+    require(cl.workers <= 1_000_000, "cluster.workers", cl.workers, "must be <= 1,000,000")
     c.network.check("network", ("tcp", "rdma", "efa"))
     c.intra.check("intra", ("nvlink", "pcie"))
 
@@ -240,6 +267,12 @@ def check_core(c: Config) -> None:
     require(w.classes >= 2, "workload.classes", w.classes, "must be >= 2")
     require(all(h >= 1 for h in w.hidden), "workload.hidden", list(w.hidden), "every width must be >= 1")
     require(w.eval_samples >= 1, "workload.eval_samples", w.eval_samples, "must be >= 1")
+    require(w.separation >= 0, "workload.separation", w.separation, "must be >= 0")
+    require(w.classes <= 10_000, "workload.classes", w.classes, "must be <= 10,000")
+    if c.train.numerics:  # the generated data must fit in memory (8 bytes a value at most)
+        data_bytes = (w.train_samples + w.eval_samples) * w.features * 8
+        require(data_bytes <= 8e9, "workload.train_samples", w.train_samples,
+                f"with {w.features} features the data set would take {data_bytes / 1e9:.0f} GB; at most 8 GB")
 
     t = c.train
     require(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
@@ -249,7 +282,9 @@ def check_core(c: Config) -> None:
         require(w.train_samples >= cl.workers * t.batch_size, "workload.train_samples", w.train_samples,
                 f"must be >= cluster.workers * train.batch_size = {cl.workers * t.batch_size}"
                 " so that every worker's shard holds a batch")
-    require(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    require(0 < t.lr <= 1e6, "train.lr", t.lr, "must be in (0, 1e6]")
+    require(t.target_loss is None or t.target_loss >= 0, "train.target_loss", t.target_loss,
+            "must be >= 0 (a cross-entropy), or null")
     require(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
     require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     require(c.eval.every >= 1, "eval.every", c.eval.every, "must be >= 1")

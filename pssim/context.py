@@ -45,6 +45,11 @@ class Progress:
         for listener in self.listeners:
             listener(old, step)
         if step >= self.steps:
+            self.stop()
+
+    def stop(self) -> None:
+        """End the run now (train.steps reached, or a listener found it cannot go on)."""
+        if not self.done.triggered:
             self.done.succeed()
 
 

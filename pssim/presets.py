@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pssim.cluster.device import DEVICES
 from pssim.cluster.stragglers import STRAGGLER_MODELS
 from pssim.cluster.topologies import TOPOLOGIES
-from pssim.config import Config, ConfigError, check_core
+from pssim.config import Config, ConfigError, check_core, require
 from pssim.policies import POLICIES
 from pssim.workload.data import DATASETS
 from pssim.workload.models import MODELS
@@ -117,6 +117,8 @@ def to_config(config: Any = None, **overrides: Any) -> Config:
         cfg = compose(strings + picks)
     check_overrides(f"{k}={v}" for k, v in overrides.items())
     for key, value in overrides.items():
+        if isinstance(OmegaConf.select(cfg, key, default=None), bool) and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is invalid: must be true or false")
         try:
             OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as err:
@@ -144,3 +146,6 @@ def validate(c: Config) -> None:
     TOPOLOGIES.lookup(c.topology.name)
     for part in (c.policy, c.stragglers, c.topology):
         part.check(c)
+    model = MODELS[c.workload.name](c.workload.features, c.workload.classes, list(c.workload.hidden))
+    require(c.cluster.servers <= model.n_params, "cluster.servers", c.cluster.servers,
+            f"must be <= the model's {model.n_params} parameters (each shard holds at least one)")

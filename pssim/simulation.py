@@ -83,7 +83,11 @@ class Simulation:
         self.param_history: list[torch.Tensor] | None = [] if record_params and model is not None else None
         self.sim_time = 0.0
         self.wall_s = 0.0
-        self.stalled = False  # the clock ran out of events before train.steps
+        # How the run ended: completed (train.steps reached), stalled (nothing left to happen before
+        # train.steps), diverged (parameters or loss not finite; `diverged_at` is the global step) or
+        # interrupted (Ctrl-C).
+        self.status = "completed"
+        self.diverged_at: int | None = None
         show = c.output.progress if progress is None else progress
         self._bar = tqdm(total=ctx.progress.steps, unit="step", desc=c.policy.name, delay=2.0,
                          disable=not show, leave=False)
@@ -135,16 +139,23 @@ class Simulation:
             self._evaluate()
         self.wall_s = time.perf_counter() - start
 
+    @property
+    def stalled(self) -> bool:
+        return self.status == "stalled"
+
     def _run_clock(self) -> None:
         """Run until train.steps, or until nothing is left to happen (`stalled`: e.g. a barrier waiting
-        for a worker that was interrupted), which ends the run where it stands instead of raising."""
+        for a worker that was interrupted), which ends the run where it stands instead of raising;
+        Ctrl-C ends it too (`interrupted`), with the records so far kept."""
         env, done = self.ctx.env, self.ctx.progress.done
         try:
             env.run(until=done)
+        except KeyboardInterrupt:
+            self.status = "interrupted"
         except RuntimeError:
             if done.triggered or env.peek() != float("inf"):
                 raise
-            self.stalled = True
+            self.status = "stalled"
 
     def _parameter_servers(self) -> ParameterServers:
         """cluster.servers shards on their own hosts, each owning an equal byte range of the model; its
@@ -174,9 +185,18 @@ class Simulation:
             ctx.network.record = False
         if self.param_history is not None:
             self.param_history.append(self.params.clone())
+        if self.params is not None and not torch.isfinite(self.params).all():
+            self._diverged(step)
+            return
         due = self._eval_due(old, step)
         if due or self._watching_target():
             self._evaluate(record=due)
+
+    def _diverged(self, step: int) -> None:
+        """The parameters (or the held-out loss) stopped being finite at `step`: the run ends there."""
+        if self.diverged_at is None:
+            self.status, self.diverged_at = "diverged", step
+            self.ctx.progress.stop()
 
     def _warn_if_heavy(self, old: int, step: int) -> None:
         """Early in a run shown to a user, warn once if it will take long or write a large trace
@@ -218,6 +238,9 @@ class Simulation:
             return
         loss, accuracy = self.ctx.workload.evaluate(self.params)
         recorder, step, now = self.ctx.recorder, self.ctx.progress.global_step, self.ctx.env.now
+        if not math.isfinite(loss):
+            self._diverged(step)
+            return
         target = self.config.train.target_loss
         crossed = target is not None and recorder.target is None and loss <= target
         if crossed:

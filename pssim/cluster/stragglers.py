@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import MISSING
 
-from pssim.config import StragglerConfig, require
+from pssim.config import StragglerConfig, finite, require
 from pssim.registry import Registry
 
 STRAGGLER_MODELS: Registry[type[StragglerConfig]] = Registry("stragglers.model")
@@ -45,6 +45,7 @@ class Exponential(StragglerConfig):
     mean_s: float = MISSING
 
     def check(self, config) -> None:
+        finite("stragglers.mean_s", self.mean_s, at_most=3600)
         require(self.mean_s >= 0, "stragglers.mean_s", self.mean_s, "must be >= 0")
 
     def slowdown(self, rng, c):
@@ -61,7 +62,12 @@ class Lognormal(StragglerConfig):
     sigma: float = MISSING
 
     def check(self, config) -> None:
+        # exp(mu + 4 sigma) must stay below an hour: a larger delay is a failure, not a straggler.
+        finite("stragglers.mu", self.mu, at_most=100)
+        finite("stragglers.sigma", self.sigma, at_most=10)
         require(self.sigma >= 0, "stragglers.sigma", self.sigma, "must be >= 0")
+        require(self.mu + 4 * self.sigma <= 8.2, "stragglers.mu", self.mu,
+                f"mu + 4 sigma must be <= 8.2 (delays of an hour); it is {self.mu + 4 * self.sigma:g}")
 
     def slowdown(self, rng, c):
         return c + float(rng.lognormal(self.mu, self.sigma))
@@ -77,8 +83,11 @@ class Pareto(StragglerConfig):
     alpha: float = MISSING
 
     def check(self, config) -> None:
+        finite("stragglers.scale_s", self.scale_s, at_most=3600)
+        finite("stragglers.alpha", self.alpha)
         require(self.scale_s >= 0, "stragglers.scale_s", self.scale_s, "must be >= 0")
-        require(self.alpha > 0, "stragglers.alpha", self.alpha, "must be > 0")
+        require(self.alpha >= 0.5, "stragglers.alpha", self.alpha, "must be >= 0.5 (a smaller tail index "
+                "draws delays of years)")
 
     def slowdown(self, rng, c):
         return c + self.scale_s * float(rng.pareto(self.alpha))
@@ -95,6 +104,7 @@ class SlowWorker(StragglerConfig):
     factor: float = MISSING
 
     def check(self, config) -> None:
+        finite("stragglers.factor", self.factor, at_most=1e6)
         require(self.factor >= 1, "stragglers.factor", self.factor, "must be >= 1")
         n = config.cluster.workers
         require(0 <= self.worker < n, "stragglers.worker", self.worker, f"must be a worker index in [0, {n - 1}]")

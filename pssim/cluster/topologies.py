@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
-from pssim.config import TopologyConfig, require
+from pssim.config import TopologyConfig, finite, require
 from pssim.network.topology import Topology, leaf_spine, star
 from pssim.network.transport import Transport
 from pssim.registry import Registry
@@ -48,6 +48,7 @@ class Racks(TopologyConfig):
     def check(self, config) -> None:
         require(self.hosts_per_rack >= 1, "topology.hosts_per_rack", self.hosts_per_rack, "must be >= 1")
         require(self.spines >= 1, "topology.spines", self.spines, "must be >= 1")
+        finite("topology.oversubscription", self.oversubscription, at_most=1e6)
         require(self.oversubscription >= 1, "topology.oversubscription", self.oversubscription,
                 "must be >= 1 (1: non-blocking)")
 

@@ -12,15 +12,15 @@ def _mean(series: pd.Series) -> float | None:
 
 
 def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, steps: pd.DataFrame,
-              evals: pd.DataFrame, stalled: bool = False) -> dict:
+              evals: pd.DataFrame, status: str = "completed", diverged_at: int | None = None) -> dict:
     """Headline metrics of a finished run (its RunContext); every key is documented in docs/OUTPUTS.md."""
     c = ctx.config
     global_steps = ctx.progress.global_step
     per_step = gradients_per_update * c.train.batch_size
     samples = global_steps * per_step
-    last = evals.iloc[-1] if not evals.empty else None
+    last = evals.iloc[-1] if not evals.empty and status != "diverged" else None
     target = ctx.recorder.target  # (global step, simulated time) of the exact crossing
-    return {
+    return _json_safe({
         "policy": c.policy.name,
         "workers": c.cluster.workers,
         "gpus": c.cluster.gpus,
@@ -36,7 +36,8 @@ def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, st
         "batch_size": c.train.batch_size,
         "seed": c.seed,
         "global_steps": global_steps,
-        "stalled": stalled,
+        "status": status,
+        "diverged_at_step": diverged_at,
         "samples": samples,
         "sim_time_s": sim_time,
         "throughput_samples_per_s": samples / sim_time if sim_time > 0 else None,
@@ -54,7 +55,12 @@ def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, st
         "bytes_sent": ctx.network.bytes_delivered,
         "wall_s": wall_s,
         "events": ctx.env.events,
-    }
+    })
+
+
+def _json_safe(summary: dict) -> dict:
+    """NaN and infinities (a diverged run's loss) become None: summary.json is always valid JSON."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}
 
 
 def _missing(value) -> bool:
@@ -84,6 +90,12 @@ def count(value) -> str:
     return "-" if _missing(value) else f"{value:,.0f}"
 
 
+STATUS_TEXT = {
+    "stalled": "STALLED: nothing left to happen before train.steps (e.g. a barrier waiting for a dead worker)",
+    "interrupted": "INTERRUPTED (Ctrl-C): the tables hold the run so far",
+}
+
+
 def format_summary(s: dict) -> str:
     """The table printed at the end of a run: the setup on top, then the results with units."""
     servers = f", {s['servers']} PS shard{'s' * (s['servers'] != 1)}" if s.get("servers") else ""
@@ -94,12 +106,14 @@ def format_summary(s: dict) -> str:
         f"stragglers {s['stragglers']}; batch {s['batch_size']} per worker; seed {s['seed']}",
     ]
     loss = "-" if _missing(s["final_loss"]) else f"{s['final_loss']:.4f} (accuracy {s['final_accuracy']:.4f})"
+    if s["status"] == "diverged":
+        loss = f"DIVERGED at global step {s['diverged_at_step']:,} (parameters or loss not finite)"
     target = "-" if s["target_loss"] is None else (
         f"not reached (target {s['target_loss']})" if s["time_to_target_s"] is None else
         f"{seconds(s['time_to_target_s'])} at step {s['steps_to_target']:,} (target {s['target_loss']})")
     rows = [
         ("global steps", f"{count(s['global_steps'])} ({count(s['samples'])} samples)"
-                         + ("  STALLED: the run stopped before train.steps" if s["stalled"] else "")),
+                         + (f"  {STATUS_TEXT[s['status']]}" if s["status"] in STATUS_TEXT else "")),
         ("simulated time", seconds(s["sim_time_s"])),
         ("throughput", f"{count(s['throughput_samples_per_s'])} samples/s"),
         ("iteration", f"{seconds(s['mean_iteration_s'])} (compute {seconds(s['mean_compute_s'])}, "
