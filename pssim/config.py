@@ -104,12 +104,14 @@ class NetworkConfig:
 
     def check(self, group: str, kinds: tuple[str, ...]) -> None:
         one_of(f"{group}.transport", self.transport, kinds)
-        require(self.bandwidth_gbps > 0, f"{group}.bandwidth_gbps", self.bandwidth_gbps, "must be > 0")
+        require(0 < self.bandwidth_gbps <= 1e6, f"{group}.bandwidth_gbps", self.bandwidth_gbps,
+                "must be in (0, 1e6] Gb/s")
         require(0 < self.efficiency <= 1, f"{group}.efficiency", self.efficiency, "must be in (0, 1]")
         require(0 <= self.latency_us <= 1e6, f"{group}.latency_us", self.latency_us, "must be in [0, 1e6] us")
         require(0 <= self.hop_latency_us <= 1e6, f"{group}.hop_latency_us", self.hop_latency_us,
                 "must be in [0, 1e6] us")
-        require(self.flow_cap_gbps >= 0, f"{group}.flow_cap_gbps", self.flow_cap_gbps, "must be >= 0 (0: no cap)")
+        require(0 <= self.flow_cap_gbps <= 1e6, f"{group}.flow_cap_gbps", self.flow_cap_gbps,
+                "must be in [0, 1e6] Gb/s (0: no cap)")
         require(0 <= self.cpu_ns_per_byte <= 1e6, f"{group}.cpu_ns_per_byte", self.cpu_ns_per_byte,
                 "must be in [0, 1e6] ns per byte")
 
@@ -267,7 +269,7 @@ def check_core(c: Config) -> None:
     require(w.classes >= 2, "workload.classes", w.classes, "must be >= 2")
     require(all(h >= 1 for h in w.hidden), "workload.hidden", list(w.hidden), "every width must be >= 1")
     require(w.eval_samples >= 1, "workload.eval_samples", w.eval_samples, "must be >= 1")
-    require(w.separation >= 0, "workload.separation", w.separation, "must be >= 0")
+    require(0 <= w.separation <= 1e6, "workload.separation", w.separation, "must be in [0, 1e6]")
     require(w.classes <= 10_000, "workload.classes", w.classes, "must be <= 10,000")
     if c.train.numerics:  # the generated data must fit in memory (8 bytes a value at most)
         data_bytes = (w.train_samples + w.eval_samples) * w.features * 8
@@ -283,10 +285,10 @@ def check_core(c: Config) -> None:
                 f"must be >= cluster.workers * train.batch_size = {cl.workers * t.batch_size}"
                 " so that every worker's shard holds a batch")
     require(0 < t.lr <= 1e6, "train.lr", t.lr, "must be in (0, 1e6]")
-    require(t.target_loss is None or t.target_loss >= 0, "train.target_loss", t.target_loss,
-            "must be >= 0 (a cross-entropy), or null")
+    require(t.target_loss is None or 0 <= t.target_loss <= 1e6, "train.target_loss", t.target_loss,
+            "must be in [0, 1e6] (a cross-entropy), or null")
     require(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
-    require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    require(0 <= t.weight_decay <= 1e3, "train.weight_decay", t.weight_decay, "must be in [0, 1e3]")
     require(c.eval.every >= 1, "eval.every", c.eval.every, "must be >= 1")
     require(c.eval.every_samples is None or c.eval.every_samples >= 1, "eval.every_samples", c.eval.every_samples,
             "must be >= 1 (or null: use eval.every)")

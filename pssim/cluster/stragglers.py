@@ -84,7 +84,7 @@ class Pareto(StragglerConfig):
 
     def check(self, config) -> None:
         finite("stragglers.scale_s", self.scale_s, at_most=3600)
-        finite("stragglers.alpha", self.alpha)
+        finite("stragglers.alpha", self.alpha, at_most=1e6)
         require(self.scale_s >= 0, "stragglers.scale_s", self.scale_s, "must be >= 0")
         require(self.alpha >= 0.5, "stragglers.alpha", self.alpha, "must be >= 0.5 (a smaller tail index "
                 "draws delays of years)")
