@@ -19,6 +19,7 @@ from pssim.comm.server import ServerShard
 from pssim.config import Config, require
 from pssim.context import Cluster, Progress, RunContext
 from pssim.metrics.recorder import Recorder
+from pssim.metrics.summary import seconds
 from pssim.network.flows import FlowNetwork
 from pssim.network.transport import Transport
 from pssim.policies import POLICIES
@@ -207,7 +208,7 @@ class Simulation:
             projected = elapsed / step * total
             if projected > 60:
                 self._bar.write(f"pssim: this run will take about {projected / 60:.0f} min of wall time "
-                                f"({total:,} steps at {elapsed / step:.2f} s); fewer train.steps, or "
+                                f"({total:,} steps at {seconds(elapsed / step)} each); fewer train.steps, or "
                                 "train.numerics=false, make it shorter", file=sys.stderr)
         window = self.config.output.trace_steps or total
         if "trace" not in self._warned and self.ctx.network.record and step >= 1:

@@ -136,3 +136,21 @@ def test_two_runs_started_together_get_two_directories(tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     assert all(p.wait(timeout=300) == 0 for p in procs)
     assert len(list(tmp_path.glob("runs/*/*/summary.json"))) == 2
+
+
+def test_ctrl_c_saves_the_run_so_far_with_status_interrupted(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pssim", "train.steps=10000000", "output.trace=false",
+                             f"hydra.run.dir={tmp_path}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / ".hydra").exists() and time.time() < deadline:  # the run has started
+        time.sleep(0.2)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "INTERRUPTED" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 0 < summary["global_steps"] < 10_000_000
+    assert (tmp_path / "steps.parquet").exists()
