@@ -32,7 +32,8 @@ from pssim.cluster.topologies import TOPOLOGIES
 from pssim.config import Config, ConfigError
 from pssim.metrics.summary import format_summary
 from pssim.policies import POLICIES
-from pssim.presets import CONFIG_DIR, GROUPS, check_overrides, compose, preset_names, register_schemas, to_config
+from pssim.presets import (CONFIG_DIR, GROUPS, check_overrides, compose, normalize, preset_names, register_schemas,
+                           to_config)
 from pssim.workload.profiles import PROFILES
 
 register_schemas()
@@ -132,11 +133,6 @@ def fail(message: str) -> None:
 
 # -- overrides -----------------------------------------------------------------------------------------
 OVERRIDE = re.compile(r"^(?P<prefix>\+\+|\+|~)?(?P<key>[\w.\[\]/@-]+)=(?P<value>.*)$")
-
-
-def normalize(arg: str) -> str:
-    """`policy=NAME` picks a policy as `+policy=NAME` does (sync is merged first as the default)."""
-    return "+" + arg if arg.startswith("policy=") else arg
 
 
 def _is_group_pick(key: str) -> bool:

@@ -72,9 +72,14 @@ def check_overrides(overrides: Iterable[str]) -> None:
                               + ", ".join(preset_names(group)))
 
 
+def normalize(override: str) -> str:
+    """`policy=NAME` picks a policy as `+policy=NAME` does (sync is merged first as the default)."""
+    return "+" + override if override.startswith("policy=") else override
+
+
 def compose(overrides: Iterable[str] = ()) -> DictConfig:
     """The config `python -m pssim <overrides>` would run (Hydra's own composition of pssim/conf)."""
-    overrides = list(overrides)
+    overrides = [normalize(o) for o in overrides]
     check_overrides(overrides)
     register_schemas()
     if GlobalHydra.instance().is_initialized():  # e.g. called from inside a Hydra app
