@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from pssim.config import Config, ConfigError
 from pssim.metrics import chrome_trace, evals_frame, links_frame, steps_frame, summarize
+from pssim.metrics.tables import faults_frame
 from pssim.presets import to_config
 from pssim.simulation import Simulation
 
@@ -27,6 +28,7 @@ class Result:
     steps: pd.DataFrame
     evals: pd.DataFrame
     links: pd.DataFrame
+    faults: pd.DataFrame  # one row per fault (empty with faults=none)
     trace: dict | None
     params: torch.Tensor | None
     param_history: list[torch.Tensor] | None = None
@@ -43,13 +45,15 @@ class Result:
         _write(out / "steps.parquet", lambda p: self.steps.to_parquet(p, index=False))
         _write(out / "evals.parquet", lambda p: self.evals.to_parquet(p, index=False))
         _write(out / "links.parquet", lambda p: self.links.to_parquet(p, index=False))
+        _write(out / "faults.parquet", lambda p: self.faults.to_parquet(p, index=False))
         if self.trace is not None:
             _write(out / "trace.json", lambda p: p.write_text(json.dumps(self.trace)))
         _write(out / "summary.json", lambda p: p.write_text(json.dumps(self.summary, indent=2, allow_nan=False) + "\n"))
         return out
 
 
-OUTPUT_FILES = ("summary.json", "config.yaml", "steps.parquet", "evals.parquet", "links.parquet", "trace.json")
+OUTPUT_FILES = ("summary.json", "config.yaml", "steps.parquet", "evals.parquet", "links.parquet", "faults.parquet",
+                "trace.json")
 
 
 def _write(path: Path, write) -> None:
@@ -97,10 +101,11 @@ def simulate(config: Any = None, *, record_params: bool = False, progress: bool 
     result = Result(
         config=cfg,
         summary=summarize(ctx, sim.policy.gradients_per_update, sim.sim_time, sim.wall_s, steps, evals,
-                          status=sim.status, diverged_at=sim.diverged_at),
+                          status=sim.status, diverged_at=sim.diverged_at, diagnosis=sim.diagnosis),
         steps=steps,
         evals=evals,
         links=links_frame(ctx.network, sim.sim_time),
+        faults=faults_frame(getattr(ctx.recorder, "faults", [])),
         trace=chrome_trace(ctx) if cfg.output.trace else None,
         params=sim.params,
         param_history=sim.param_history,

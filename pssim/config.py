@@ -144,6 +144,16 @@ class StragglerConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """Base schema of a fault model (none, scheduled, mtbf subclass it in pssim/faults.py)."""
+
+    model: str = MISSING
+
+    def check(self, config: "Config") -> None:
+        """Raise ConfigError for an out-of-range value of this fault model's own keys."""
+
+
+@dataclass
 class WorkloadConfig:
     """The real model and data every worker computes gradients on."""
 
@@ -230,6 +240,7 @@ class Config:
     topology: TopologyConfig = MISSING
     profile: ProfileConfig = MISSING
     stragglers: StragglerConfig = MISSING
+    faults: FaultsConfig = MISSING
     workload: WorkloadConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -22,7 +22,8 @@ from omegaconf.errors import OmegaConfBaseException
 from pssim.cluster.device import DEVICES
 from pssim.cluster.stragglers import STRAGGLER_MODELS
 from pssim.cluster.topologies import TOPOLOGIES
-from pssim.config import Config, ConfigError, check_core, require
+from pssim.config import Config, ConfigError, PolicyConfig, check_core, require
+from pssim.faults import FAULT_MODELS
 from pssim.policies import POLICIES
 from pssim.workload.data import DATASETS
 from pssim.workload.models import MODELS
@@ -30,10 +31,10 @@ from pssim.workload.profiles import PROFILES
 
 CONFIG_DIR = Path(__file__).parent / "conf"
 # Config groups a user picks a preset of; policy is added with `+` (sync is the default policy).
-GROUPS = ("policy", "network", "intra", "topology", "stragglers", "workload", "profile")
+GROUPS = ("policy", "network", "intra", "topology", "stragglers", "faults", "workload", "profile")
 # The key that names a group's preset: setting it alone would relabel, not load, a preset.
 NAME_KEYS = {"policy.name": "policy", "network.name": "network", "intra.name": "intra",
-             "topology.name": "topology", "stragglers.model": "stragglers", "workload.name": "workload",
+             "topology.name": "topology", "stragglers.model": "stragglers", "faults.model": "faults", "workload.name": "workload",
              "profile.name": "profile"}
 
 
@@ -42,12 +43,17 @@ def register_schemas() -> None:
     topology's own (the presets in conf/ extend them), so a misspelt key fails to compose."""
     cs = ConfigStore.instance()
     cs.store(name="pssim_schema", node=Config)
+    # The policy when none is chosen: the base schema (every policy's schema extends it, so `+policy=X`
+    # merges over it); sync's own keys (policy.backup_workers) need `+policy=sync`.
+    cs.store(group="policy", name="default_schema", node=PolicyConfig)
     for name, cls in POLICIES.items():
         cs.store(group="policy", name=f"{name}_schema", node=cls.Config)
     for name, schema in STRAGGLER_MODELS.items():
         cs.store(group="stragglers", name=f"{name}_schema", node=schema)
     for name, schema in TOPOLOGIES.items():
         cs.store(group="topology", name=f"{name}_schema", node=schema)
+    for name, schema in FAULT_MODELS.items():
+        cs.store(group="faults", name=f"{name}_schema", node=schema)
     if not OmegaConf.has_resolver("pssim_suffix"):
         OmegaConf.register_new_resolver("pssim_suffix", lambda s: f"_{s}" if s else "")
 
@@ -149,7 +155,8 @@ def validate(c: Config) -> None:
     POLICIES.lookup(c.policy.name)
     STRAGGLER_MODELS.lookup(c.stragglers.model)
     TOPOLOGIES.lookup(c.topology.name)
-    for part in (c.policy, c.stragglers, c.topology):
+    FAULT_MODELS.lookup(c.faults.model)
+    for part in (c.policy, c.stragglers, c.topology, c.faults):
         part.check(c)
     model = MODELS[c.workload.name](c.workload.features, c.workload.classes, list(c.workload.hidden))
     require(c.cluster.servers <= model.n_params, "cluster.servers", c.cluster.servers,

@@ -18,6 +18,7 @@ from pssim.comm.ps import ParameterServers, shard_keys, shard_ranges
 from pssim.comm.server import ServerShard
 from pssim.config import Config, require
 from pssim.context import Cluster, Progress, RunContext
+from pssim.faults import FaultInjector
 from pssim.metrics.recorder import Recorder
 from pssim.metrics.summary import seconds
 from pssim.network.flows import FlowNetwork
@@ -81,6 +82,13 @@ class Simulation:
         if c.train.samples is not None:
             ctx.progress.steps = math.ceil(c.train.samples / self.samples_per_step)
 
+        # Faults (faults=none: no injector, nothing changes).
+        self.faults: FaultInjector | None = None
+        if c.faults.model != "none":
+            self.faults = FaultInjector(self)
+            self.faults.check_targets()
+        self.diagnosis: str | None = None
+
         self.param_history: list[torch.Tensor] | None = [] if record_params and model is not None else None
         self.sim_time = 0.0
         self.wall_s = 0.0
@@ -131,8 +139,16 @@ class Simulation:
         if self.param_history is not None:
             self.param_history.append(self.params.clone())
         self.policy.start()
+        if self.faults is not None:
+            self.faults.start()
         self._run_clock()
         self.sim_time = ctx.env.now
+        if self.faults is not None:
+            self.faults.finish(self.sim_time)
+            if self.stalled:
+                self.diagnosis = self.faults.diagnosis()
+        elif self.stalled:
+            self.diagnosis = self.policy.waiting_for() or None
         for w in ctx.workers:
             w.flush()
         evals = ctx.recorder.evals

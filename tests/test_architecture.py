@@ -16,7 +16,7 @@ LAYERS = {
     "pssim.metrics": 4,
     "pssim.context": 5,
     "pssim.policies": 6,
-    "pssim.simulation": 7,
+    "pssim.simulation": 7, "pssim.faults": 7,
     "pssim.presets": 8, "pssim.api": 8, "pssim.testing": 8, "pssim": 10,
     "pssim.__main__": 9, "pssim.cli": 9,
 }

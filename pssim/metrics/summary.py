@@ -12,7 +12,8 @@ def _mean(series: pd.Series) -> float | None:
 
 
 def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, steps: pd.DataFrame,
-              evals: pd.DataFrame, status: str = "completed", diverged_at: int | None = None) -> dict:
+              evals: pd.DataFrame, status: str = "completed", diverged_at: int | None = None,
+              diagnosis: str | None = None) -> dict:
     """Headline metrics of a finished run (its RunContext); every key is documented in docs/OUTPUTS.md."""
     c = ctx.config
     global_steps = ctx.progress.global_step
@@ -20,6 +21,7 @@ def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, st
     samples = global_steps * per_step
     last = evals.iloc[-1] if not evals.empty and status != "diverged" else None
     target = ctx.recorder.target  # (global step, simulated time) of the exact crossing
+    faults = getattr(ctx.recorder, "faults", [])  # FaultRecords (pssim/faults.py), none without faults
     return _json_safe({
         "policy": c.policy.name,
         "workers": c.cluster.workers,
@@ -33,11 +35,13 @@ def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, st
         "device": c.cluster.device,
         "precision": c.cluster.precision,
         "stragglers": c.stragglers.model,
+        "fault_model": c.faults.model,
         "batch_size": c.train.batch_size,
         "seed": c.seed,
         "global_steps": global_steps,
         "status": status,
         "diverged_at_step": diverged_at,
+        "diagnosis": diagnosis,
         "samples": samples,
         "sim_time_s": sim_time,
         "throughput_samples_per_s": samples / sim_time if sim_time > 0 else None,
@@ -53,6 +57,9 @@ def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, st
         "steps_to_target": target[0] if target else None,
         "samples_to_target": target[0] * per_step if target else None,
         "bytes_sent": ctx.network.bytes_delivered,
+        "faults": len(faults),
+        "time_lost_to_faults_s": float(sum(f.time_lost_s for f in faults)),
+        "updates_lost": int(sum(f.updates_lost for f in faults)),
         "wall_s": wall_s,
         "events": ctx.env.events,
     })
@@ -123,6 +130,10 @@ def format_summary(s: dict) -> str:
         ("final loss", loss),
         ("time to target", target),
         ("bytes sent", size(s["bytes_sent"])),
+        *([("faults", f"{s['faults']} ({seconds(s['time_lost_to_faults_s'])} lost, "
+                      f"{s['updates_lost']} update{'s' * (s['updates_lost'] != 1)} lost)")]
+          if s.get("faults") else []),
+        *([("diagnosis", s["diagnosis"])] if s.get("diagnosis") else []),
         ("wall time", f"{s['wall_s']:.2f} s ({count(s['events'])} events)"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -13,6 +13,7 @@ from pssim.cluster.worker import StepRecord
 
 STEP_COLUMNS = [f.name for f in fields(StepRecord)]
 EVAL_COLUMNS = ["step", "sim_time_s", "loss", "accuracy"]
+FAULT_COLUMNS = ["time_s", "component", "kind", "recovered_at_s", "updates_lost", "bytes_resent", "time_lost_s"]
 LINK_COLUMNS = ["link", "src", "dst", "bandwidth_Bps", "bytes", "busy_s", "busy_fraction", "utilisation"]
 
 
@@ -37,3 +38,8 @@ def links_frame(network, sim_time: float) -> pd.DataFrame:
                      busy / sim_time if sim_time > 0 else 0.0,
                      carried / (line * sim_time) if sim_time > 0 else 0.0))
     return pd.DataFrame(rows, columns=LINK_COLUMNS)
+
+
+def faults_frame(records) -> pd.DataFrame:
+    """One row per fault, in time order (FaultRecord of pssim/faults.py; empty without faults)."""
+    return pd.DataFrame([[getattr(r, c) for c in FAULT_COLUMNS] for r in records], columns=FAULT_COLUMNS)

@@ -13,6 +13,8 @@ possible). Tracks that would be empty are not written.
     pid 2 "servers"  "<host> core <k>"     the CPU's busy spans; at most as many lanes as it has cores
     pid 3 "links"    "<link> flow <k>"     every message that crossed the link, concurrent ones on
                                            separate lanes (a failed one named "<tag> failed")
+    pid 4 "faults"   "<component> fault <k>" each fault of that worker or link, from the fault to its
+                                           recovery (or the end of the run); overlapping ones on lanes
                      counter "<link>"      series "utilisation": the link's allocated rate / capacity
 
 Utilisation is exact: while it records, the network logs every change of a link's total allocated rate
@@ -33,7 +35,7 @@ import itertools
 import math
 from collections import defaultdict
 
-WORKERS, SERVERS, LINKS = 1, 2, 3  # pids
+WORKERS, SERVERS, LINKS, FAULTS = 1, 2, 3, 4  # pids
 _FIRST_TID = 10  # lane thread ids start above the pids, which readers take as each process's main thread
 
 
@@ -135,6 +137,7 @@ def chrome_trace(ctx) -> dict:
         _workers(trace, ctx, until)
         _servers(trace, ctx, until)
         _links(trace, ctx.network, until)
+        _faults(trace, ctx, until)
     finally:
         if collecting:
             gc.enable()
@@ -170,6 +173,25 @@ def _servers(trace: _Trace, ctx, until: float) -> None:
     for cpu in ctx.recorder.cpus:
         busy = [(_ns(a), _ns(b), what, {}) for a, b, what in cpu.busy if until >= b > a]
         trace.lanes(SERVERS, f"{cpu.host} core", busy)
+
+
+def _faults(trace: _Trace, ctx, until: float) -> None:
+    """Per faulty component (a worker, a link): its faults from when they hit to their recovery (the end
+    of the run if never), on lanes so they nest. Only faults that hit within the trace window."""
+    records = getattr(ctx.recorder, "faults", [])
+    if not records:
+        return
+    trace.process(FAULTS, "faults")
+    spans = defaultdict(list)
+    for r in records:
+        if r.time_s > until:
+            continue
+        end = r.recovered_at_s if math.isfinite(r.recovered_at_s) else ctx.env.now
+        spans[r.component].append((_ns(r.time_s), _ns(max(end, r.time_s)), r.kind,
+                                   {"updates_lost": r.updates_lost, "bytes_resent": r.bytes_resent,
+                                    "time_lost_s": r.time_lost_s}))
+    for component, items in spans.items():
+        trace.lanes(FAULTS, f"{component} fault", items)
 
 
 def _links(trace: _Trace, network, until: float) -> None:

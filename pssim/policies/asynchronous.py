@@ -40,18 +40,23 @@ class Asynchronous(Policy):
 
     def worker(self, w):
         params, versions = self.ctx.initial_params, [0] * len(self.servers.shards)
-        for step in count():
+        if w.index in self.restarted:  # back from a crash: a fresh pull, then its own step count goes on
+            params, versions = yield from self.fresh_pull(w)
+        for step in count(w.clock):
             grad = yield from w.compute(params, step, min(versions), clock_lead=self.clocks.lead(w.index))
-            yield from self.servers.push(w, grad, self.apply_on_arrival(versions))
+            yield from self.servers.push(w, grad, self.apply_on_arrival(versions, self.epoch[w.index]))
             self.clocks.tick(w.index, to=step + 1)
             yield from self.before_pull(w, step + 1)
             params, versions = yield from self.servers.pull(w)
             w.finish_step()
 
-    def apply_on_arrival(self, versions_used: list[int]):
-        """Server rule: apply at once and record how many updates the gradient missed."""
+    def apply_on_arrival(self, versions_used: list[int], epoch: int | None = None):
+        """Server rule: apply at once and record how many updates the gradient missed (a gradient whose
+        worker crashed before it arrived is dropped: `Policy.accepts`)."""
 
         def on_arrival(shard, worker, grad) -> None:
+            if epoch is not None and not self.accepts(worker, epoch):
+                return
             staleness = shard.version - versions_used[shard.index]
             worker.current.staleness = max(worker.current.staleness, staleness)
             self.servers.apply(shard, grad, self.scale)

@@ -52,6 +52,15 @@ class Interruption:
     cause: Any
 
 
+@dataclass(frozen=True)
+class WorkerCrash:
+    """The cause a fault model interrupts a process with: worker `worker` crashed; `fault` is the fault's
+    record (its `updates_lost` and `time_lost_s` are charged to it)."""
+
+    worker: int
+    fault: Any = None
+
+
 class Policy:
     """Base class: holds the run's handles and starts one process per worker.
 
@@ -75,6 +84,13 @@ class Policy:
         self.n = len(ctx.workers)
         self.processes: list[simpy.Process] = []  # the processes this policy started, to interrupt or inspect
         self.interruptions: list[Interruption] = []
+        # Faults (pssim/faults.py sets `recovery`, the fault injector, when the run has faults).
+        self.recovery = None
+        self.down: set[int] = set()  # workers crashed and not yet restarted
+        self.restarted: set[int] = set()  # workers that restarted at least once (their loop pulls first)
+        self.epoch = [0] * self.n  # bumped at each crash: a gradient pushed in an older epoch is dropped
+        self.updates_lost_by: dict[int, int] = {}  # id(fault record) -> gradients the servers dropped
+        self.lockstep = False  # one process drives every worker (replicated policies)
 
     def start(self) -> None:
         self.processes = [self.env.process(self._guarded(self.worker(w), w.index)) for w in self.workers]
@@ -82,6 +98,51 @@ class Policy:
     def interrupt(self, index: int, cause: Any = None) -> None:
         """Interrupt process `index` (worker `index` for per-worker policies) with `cause`."""
         self.processes[index].interrupt(cause)
+
+    # -- faults -----------------------------------------------------------------------------------
+    def crash_worker(self, index: int, fault: Any = None) -> None:
+        """Worker `index` crashes now: its process is interrupted (recorded in `interruptions`), its
+        unfinished step has no row, and a gradient it pushed but the servers have not taken yet is
+        dropped on arrival (`accepts`) and counted as an update lost."""
+        w = self.workers[index]
+        self.down.add(index)
+        self.epoch[index] += 1
+        self._crash_fault = getattr(self, "_crash_fault", {})
+        self._crash_fault[index] = fault
+        self.interrupt(index, WorkerCrash(index, fault))
+        if w.current is not None and w.delivered == len(self.servers.shards):
+            # its gradient was applied (it crashed while pulling): the step keeps its row and its number
+            w.recorder.steps.append(w.current)
+            w.clock += 1
+        w.current = None
+
+    def restart_worker(self, index: int) -> None:
+        """Worker `index` is back: a new process runs its loop, which first pulls the newest model and
+        goes on with its own step count (`worker.clock`)."""
+        self.down.discard(index)
+        self.restarted.add(index)
+        self.processes[index] = self.env.process(self._guarded(self.worker(self.workers[index]), index))
+
+    def accepts(self, worker, epoch: int) -> bool:
+        """Server side: whether a gradient the worker pushed in `epoch` may be applied (False once the
+        worker crashed after pushing it: the gradient is lost, counted once per crash)."""
+        if epoch == self.epoch[worker.index]:
+            return True
+        fault = getattr(self, "_crash_fault", {}).get(worker.index)
+        key = (worker.index, epoch)
+        self._lost_seen = getattr(self, "_lost_seen", set())
+        if key not in self._lost_seen:
+            self._lost_seen.add(key)
+            self.updates_lost_by[id(fault)] = self.updates_lost_by.get(id(fault), 0) + 1
+        return False
+
+    def fresh_pull(self, w):
+        """A restarted worker's first act: pull the newest model (params, per-shard versions)."""
+        return (yield from self.servers.pull(w))
+
+    def waiting_for(self) -> str:
+        """What the processes wait for, for a stalled run's diagnosis ("" when there is nothing to say)."""
+        return ""
 
     def _guarded(self, loop, worker: int | None):
         """Run `loop`; if interrupted, record it and end (the process knows, the run goes on)."""

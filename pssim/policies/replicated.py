@@ -10,10 +10,13 @@ import math
 from dataclasses import dataclass
 from itertools import count
 
+import simpy
+
 from pssim.comm.gates import wait_until
 from pssim.comm.summation import SummationService
 from pssim.config import PolicyConfig, require
-from pssim.policies.base import Policy, mean_gradient
+from pssim.network.errors import NetworkError, NoRoute
+from pssim.policies.base import Policy, WorkerCrash, mean_gradient
 
 
 @dataclass
@@ -43,6 +46,8 @@ class ReplicatedDataParallel(Policy):
         self.network = ctx.network
         self.layout = ctx.cluster.layout
         self.profile = ctx.workload.profile
+        self.lockstep = True
+        self._all_up = self.env.event()
         self.machines = [[self.workers[i].host for i in self.layout.local_workers(m)]
                          for m in range(len(self.layout.machines))]
 
@@ -53,15 +58,31 @@ class ReplicatedDataParallel(Policy):
         model = self.ctx.model
         params = model.params if model is not None else None
         for step in count():
-            start = self.env.now
-            records = [w.begin_step(step, version=step) for w in self.workers]
-            durations = [w.step_duration() for w in self.workers]
-            for rec, d in zip(records, durations):
-                rec.compute_end = start + d
-            before = {w.host: self.network.sent[w.host] for w in self.workers}
-            received = {w.host: self.network.received[w.host] for w in self.workers}
-            yield from self.communicate(start, durations, records)
-            yield from wait_until(self.env, start + max(durations))  # nothing left to send, backward still running
+            while True:  # a fault abandons the step; it starts again from its beginning once recovered
+                start = self.env.now
+                records = [w.begin_step(step, version=step) for w in self.workers]
+                durations = [w.step_duration() for w in self.workers]
+                for rec, d in zip(records, durations):
+                    rec.compute_end = start + d
+                before = {w.host: self.network.sent[w.host] for w in self.workers}
+                received = {w.host: self.network.received[w.host] for w in self.workers}
+                try:
+                    yield from self.communicate(start, durations, records)
+                    yield from wait_until(self.env, start + max(durations))  # nothing left to send, backward still running
+                    break
+                except simpy.Interrupt as interrupt:
+                    if not isinstance(interrupt.cause, WorkerCrash):
+                        raise
+                    fault, no_route = interrupt.cause.fault, False
+                except NetworkError as err:
+                    if self.recovery is None:
+                        raise
+                    # LinkDown: start again at once (the network routes around the dead link if it can);
+                    # NoRoute: wait for a link to come back first.
+                    fault, no_route = self.recovery.link_fault_for(err), isinstance(err, NoRoute)
+                if fault is not None:  # the abandoned attempt's bytes delivered so far are sent again
+                    fault.bytes_resent += sum(self.network.sent[w.host] - before[w.host] for w in self.workers)
+                yield from self._recover(start, fault, no_route)
             if model is not None:
                 model.step(mean_gradient([w.gradient(params, step) for w in self.workers]))
             for w, rec in zip(self.workers, records):
@@ -69,6 +90,46 @@ class ReplicatedDataParallel(Policy):
                 rec.bytes_received = int(self.network.received[w.host] - received[w.host])
                 w.finish_step()
             self.ctx.progress.advance(step + 1)
+
+    def _recover(self, start: float, fault, no_route: bool):
+        """Wait until every worker is up and (after a link failure) a link came back, then charge the
+        partial step plus the wait to the fault. Another crash while waiting only extends the wait."""
+        link, waited_from = no_route, self.env.now
+        if fault is not None:
+            fault.time_lost_s += waited_from - start  # the partial step
+        while True:
+            try:
+                if link and self.recovery.down_links:
+                    yield self.recovery.link_restored()
+                    link = False
+                if self.down:
+                    yield self._all_up
+                break
+            except simpy.Interrupt as interrupt:
+                if not isinstance(interrupt.cause, WorkerCrash):
+                    raise
+        if fault is not None:
+            fault.time_lost_s += self.env.now - waited_from  # the wait for the restart (or the route)
+
+    def crash_worker(self, index: int, fault=None) -> None:
+        """A member crashed: the lockstep process abandons the step (`_recover` waits for the restart)."""
+        if not self.down:
+            self._all_up = self.env.event()
+        self.down.add(index)
+        self.interrupt(0, WorkerCrash(index, fault))
+
+    def restart_worker(self, index: int) -> None:
+        self.down.discard(index)
+        self.restarted.add(index)
+        if not self.down and not self._all_up.triggered:
+            self._all_up.succeed()
+
+    def waiting_for(self) -> str:
+        step = self.ctx.progress.global_step
+        if self.down:
+            return (f"the lockstep step {step} waits for worker(s) {', '.join(map(str, sorted(self.down)))} "
+                    "to restart")
+        return f"the lockstep step {step} waits for a route between its members"
 
     def summation_services(self, hosts: list[str], tag: str) -> list[SummationService]:
         """One summation service per host (cluster.server_cores cores each), its CPU shown in the trace."""
