@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 from pssim.config import Config, ConfigError
 from pssim.metrics import chrome_trace, evals_frame, links_frame, steps_frame, summarize
 from pssim.metrics.tables import faults_frame
-from pssim.presets import to_config
+from pssim.presets import ignored_keys, to_config
 from pssim.simulation import Simulation
 
 
@@ -50,6 +51,10 @@ class Result:
             _write(out / "trace.json", lambda p: p.write_text(json.dumps(self.trace)))
         _write(out / "summary.json", lambda p: p.write_text(json.dumps(self.summary, indent=2, allow_nan=False) + "\n"))
         return out
+
+
+class IgnoredKeyWarning(UserWarning):
+    """A key was set that the chosen policy never reads."""
 
 
 OUTPUT_FILES = ("summary.json", "config.yaml", "steps.parquet", "evals.parquet", "links.parquet", "faults.parquet",
@@ -92,6 +97,8 @@ def simulate(config: Any = None, *, record_params: bool = False, progress: bool 
         The Result; if config.output.dir is set, its files are written there too.
     """
     cfg = to_config(config, **overrides)
+    for item in ignored_keys(cfg):
+        warnings.warn(f"{item} is ignored by policy {cfg.policy.name}", IgnoredKeyWarning, stacklevel=2)
     if cfg.output.dir:
         check_writable(cfg.output.dir)
     sim = Simulation(cfg, record_params=record_params, progress=progress).run()

@@ -16,6 +16,7 @@ import inspect
 import json
 import re
 import sys
+import warnings
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
@@ -25,15 +26,15 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pssim.api import simulate
+from pssim.api import IgnoredKeyWarning, simulate
 from pssim.cluster.device import DEVICES
 from pssim.cluster.stragglers import STRAGGLER_MODELS
 from pssim.cluster.topologies import TOPOLOGIES
 from pssim.config import Config, ConfigError
 from pssim.metrics.summary import format_summary
 from pssim.policies import POLICIES
-from pssim.presets import (CONFIG_DIR, GROUPS, check_overrides, compose, normalize, preset_names, register_schemas,
-                           to_config)
+from pssim.presets import (CONFIG_DIR, GROUPS, check_overrides, compose, ignored_keys, normalize, preset_names,
+                           register_schemas, to_config)
 from pssim.workload.profiles import PROFILES
 
 register_schemas()
@@ -56,10 +57,14 @@ def app(cfg: DictConfig) -> dict | None:
     try:
         check_overrides(HydraConfig.get().overrides.task)
         config = to_config(cfg)
-        if not config.output.force and _completed(out, config):
+        if sweep and not config.output.force and _completed(out, config):
             print(f"pssim: {out} already holds this completed run; skipped (output.force=true reruns it)")
             return json.loads((out / "summary.json").read_text())
-        result = simulate(config)
+        for item in ignored_keys(config):
+            print(f"pssim: warning: {item} is ignored by policy {config.policy.name}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IgnoredKeyWarning)  # printed above, once
+            result = simulate(config)
     except ConfigError as err:
         if not sweep:
             fail(str(err))

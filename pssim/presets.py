@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pssim.cluster.device import DEVICES
 from pssim.cluster.stragglers import STRAGGLER_MODELS
 from pssim.cluster.topologies import TOPOLOGIES
-from pssim.config import Config, ConfigError, PolicyConfig, check_core, require
+from pssim.config import ClusterConfig, Config, ConfigError, PolicyConfig, check_core, require
 from pssim.faults import FAULT_MODELS
 from pssim.policies import POLICIES
 from pssim.workload.data import DATASETS
@@ -140,6 +140,14 @@ def to_config(config: Any = None, **overrides: Any) -> Config:
         raise ConfigError(str(err).splitlines()[0]) from None
     validate(result)
     return result
+
+
+def ignored_keys(c: Config) -> list[str]:
+    """Keys set away from their default that the chosen policy never reads ("cluster.servers=4")."""
+    default = ClusterConfig()
+    policy = POLICIES[c.policy.name]
+    return [f"{key}={getattr(c.cluster, key.split('.', 1)[1])}" for key in policy.ignores
+            if getattr(c.cluster, key.split(".", 1)[1]) != getattr(default, key.split(".", 1)[1])]
 
 
 def validate(c: Config) -> None:

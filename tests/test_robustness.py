@@ -154,3 +154,10 @@ def test_ctrl_c_saves_the_run_so_far_with_status_interrupted(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "interrupted" and 0 < summary["global_steps"] < 10_000_000
     assert (tmp_path / "steps.parquet").exists()
+
+
+def test_a_key_the_policy_never_reads_draws_a_warning(tmp_path):
+    with pytest.warns(pssim.api.IgnoredKeyWarning, match="cluster.servers=4 is ignored by policy allreduce"):
+        simulate(**fast(policy="allreduce", cluster__servers=4, train__steps=2))
+    proc = pssim_cli("policy=herring", "cluster.cpu_machines=2", "train.steps=2", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0 and "cluster.cpu_machines=2 is ignored by policy herring" in proc.stderr

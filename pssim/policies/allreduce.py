@@ -35,6 +35,7 @@ class RingAllReduce(ReplicatedDataParallel):
     """
 
     Config = AllReduceConfig
+    ignores = ("cluster.servers", "cluster.cpu_machines", "cluster.server_cores", "cluster.aggregation_ns_per_byte")
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -74,6 +74,8 @@ class Policy:
     gradients_per_update = 1
     # Whether the run builds cluster.servers parameter-server shards on hosts of their own.
     uses_servers = True
+    # Cluster keys this policy never reads: set to anything but their default, they draw a warning.
+    ignores: tuple[str, ...] = ("cluster.cpu_machines", "cluster.server_cores")
 
     def __init__(self, ctx):
         self.ctx = ctx

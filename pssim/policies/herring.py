@@ -37,6 +37,7 @@ class Herring(ReplicatedDataParallel):
     """
 
     Config = HerringConfig
+    ignores = ("cluster.servers", "cluster.cpu_machines")
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -39,6 +39,7 @@ class ReplicatedDataParallel(Policy):
 
     Config = ReplicatedConfig
     uses_servers = False
+    ignores = ("cluster.servers",)
 
     def __init__(self, ctx):
         super().__init__(ctx)
