@@ -20,8 +20,11 @@ SMALL = {"cluster.workers": 4, "cluster.servers": 2, "train.steps": 40, "eval.ev
 
 def run_small(policy: str, **overrides: Any) -> Result:
     """`policy` on SMALL's cluster (4 workers, 2 servers, exponential stragglers, 40 steps) with overrides;
-    a preset chosen in `overrides` (e.g. stragglers="none") drops SMALL's keys of that group."""
-    base = {k: v for k, v in SMALL.items() if k.split(".")[0] not in overrides or k in overrides}
+    a preset chosen in `overrides` (e.g. stragglers="none") drops SMALL's keys of that group, and
+    SMALL's keys the policy never reads (cluster.servers under allreduce) are left out."""
+    ignored = POLICIES[policy].ignores
+    base = {k: v for k, v in SMALL.items()
+            if (k.split(".")[0] not in overrides or k in overrides) and k not in ignored}
     return simulate(**{**base, "policy": policy, **overrides})
 
 
