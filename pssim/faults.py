@@ -1,4 +1,5 @@
-"""Faults (the `faults` config group): worker crashes and link failures or degradation, at given simulated
+"""Faults (the `faults` config group): worker crashes, server crashes (bounded_delay only) and link
+failures or degradation, at given simulated
 times (`scheduled`) or drawn from a failure rate (`mtbf`), and the injector that makes them happen.
 
 The injector only uses the failure hooks: `Policy.crash_worker` / `restart_worker` (built on
@@ -6,7 +7,10 @@ The injector only uses the failure hooks: `Policy.crash_worker` / `restart_worke
 as its system does (docs/MODELS.md, "Faults"): async/ssp lose the crashed worker's in-flight gradient and
 restart it with a fresh pull; BSP goes on without it when it has backup workers; the lockstep policies
 (allreduce, byteps, herring) abandon the step and restart it after the member's restart. Messages of the
-parameter-server policies that a link failure ends are sent again once a route exists.
+parameter-server policies that a link failure ends are sent again once a route exists. A server crash
+(scheduled only, for good) hands the server's key ranges to the next live server on bounded_delay's
+consistent-hash ring, which resumes from its replicated copy (pssim/policies/bounded_delay.py,
+`Replication`); pushes and pulls the crashed server had not completed are sent again to the new owner.
 
 Every fault is one row of the faults table (`FaultRecord`); a run that can no longer progress ends
 `stalled` with a `diagnosis()`.
@@ -24,7 +28,9 @@ from pssim.network.errors import NetworkError, NoRoute
 from pssim.registry import Registry
 
 FAULT_MODELS: Registry[type[FaultsConfig]] = Registry("faults.model")
-KINDS = ("worker_crash", "link_down", "link_degrade")
+KINDS = ("worker_crash", "server_crash", "link_down", "link_degrade")
+# Policies that hand a crashed server's key ranges to a replica (OSDI'14's replicated ranges).
+SERVER_CRASH = ("bounded_delay",)
 # Policies whose recovery from a worker crash is not modelled yet (bounded_delay's task window would
 # wait forever for the crashed worker's task), or from a link failure (byteps, herring).
 NO_WORKER_CRASH = ("bounded_delay",)
@@ -43,11 +49,12 @@ class FaultEvent:
 
     # Simulated time of the fault.
     at_s: float = 0.0
-    # worker_crash, link_down or link_degrade.
+    # worker_crash, server_crash, link_down or link_degrade.
     kind: str = "worker_crash"
-    # A worker index ("0") for worker_crash; a link "a-b" by host names for the link kinds.
+    # A worker index ("0") for worker_crash; a server index ("0", host server0) for server_crash; a link
+    # "a-b" by host names for the link kinds.
     target: str = "0"
-    # Restart (worker) or restore (link) after this long; null: never.
+    # Restart (worker) or restore (link) after this long; null: never (a server_crash is always for good).
     for_s: float | None = None
     # link_degrade: the link's capacity drops to this fraction of nominal, in (0, 1).
     fraction: float | None = None
@@ -68,6 +75,7 @@ class ScheduledFaults(FaultsConfig):
     events: list[FaultEvent] = field(default_factory=list)
 
     def check(self, config) -> None:
+        crashed = set()
         for i, e in enumerate(self.events):
             key = f"faults.events[{i}]"
             require(e.kind in KINDS, f"{key}.kind", e.kind, "allowed values are " + ", ".join(KINDS))
@@ -80,6 +88,16 @@ class ScheduledFaults(FaultsConfig):
                         f"must be a worker index in [0, {config.cluster.workers}) for a worker_crash")
                 require(config.policy.name not in NO_WORKER_CRASH, f"{key}.kind", e.kind,
                         f"worker crashes are not modelled under policy {config.policy.name} yet")
+            elif e.kind == "server_crash":
+                require(config.policy.name in SERVER_CRASH, f"{key}.kind", e.kind,
+                        f"server crashes are modelled only under +policy=bounded_delay, not {config.policy.name}")
+                ok = str(e.target).isdigit() and int(e.target) < config.cluster.servers
+                require(ok, f"{key}.target", e.target,
+                        f"must be a server index in [0, {config.cluster.servers}) for a server_crash")
+                require(e.for_s is None, f"{key}.for_s", e.for_s, "must be null: a crashed server does not come back")
+                crashed.add(int(e.target))
+                require(len(crashed) < config.cluster.servers, f"{key}.target", e.target,
+                        "would crash every server: at least one must stay up to take the key ranges")
             else:
                 require(str(e.target).count("-") == 1 and all(str(e.target).split("-")), f"{key}.target", e.target,
                         "must be a link 'a-b' between two host names for a link fault")
@@ -184,6 +202,7 @@ class FaultInjector:
         self.network = ctx.network
         self.records: list[FaultRecord] = []
         self.down_workers: dict[int, FaultRecord] = {}
+        self.down_servers: set[int] = set()
         self.down_links: dict[str, FaultRecord] = {}  # "a-b" (as configured) -> its record
         self.waiting: dict[tuple[str, str], int] = {}  # messages waiting for a route, by (src, dst)
         self._restored = self.env.event()
@@ -196,7 +215,7 @@ class FaultInjector:
     # -- configuration ----------------------------------------------------------------------------
     def _has_link_faults(self) -> bool:
         if self.cfg.model == "scheduled":
-            return any(e.kind != "worker_crash" for e in self.cfg.events)
+            return any(e.kind.startswith("link_") for e in self.cfg.events)
         return self.cfg.model == "mtbf" and self.cfg.link_mtbf_s is not None
 
     def _physical_links(self) -> list[tuple[str, str]]:
@@ -213,7 +232,7 @@ class FaultInjector:
         if self.cfg.model != "scheduled":
             return
         for i, e in enumerate(self.cfg.events):
-            if e.kind == "worker_crash":
+            if not e.kind.startswith("link_"):
                 continue
             a, b = str(e.target).split("-")
             try:
@@ -261,6 +280,15 @@ class FaultInjector:
             self.policy.crash_worker(i, rec)
             if for_s is not None:
                 self.env.process(self._later(for_s, lambda: self._restart(i)))
+        elif kind == "server_crash":
+            i = int(target)
+            if i in self.down_servers:
+                return
+            rec = FaultRecord(self.env.now, f"server {i}", kind)
+            self.records.append(rec)
+            self.down_servers.add(i)
+            self.policy.crash_server(i, rec)
+            rec.recovered_at_s = self.env.now  # its ranges are handed to the next live server at once
         else:
             if target in self.down_links:
                 return

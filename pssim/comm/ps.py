@@ -120,6 +120,10 @@ class ParameterServers:
         self.send_cpu = send_cpu_s_per_byte
         self._on_version = on_version
         self.keys: dict[int, list[Key]] = dict(keys or {})
+        # Server crashes (bounded_delay's replicated ranges): a shard's `host` is the server that owns it
+        # now; a push or pull whose server lost the range before it completed is sent again to the new
+        # owner, and `on_resend(nbytes)` (if set) is told of the bytes sent again.
+        self.on_resend: Callable[[float], None] | None = None
 
     def push_bytes(self, shard: ServerShard, rows_touched: dict[int, int] | None = None) -> float:
         """Bytes a push to `shard` carries: its `nbytes` unless it holds sparse keys and `rows_touched`
@@ -154,9 +158,14 @@ class ParameterServers:
         """One shard's part of a push. The step's record is updated as each shard takes the gradient
         (bytes_sent; push_end at the last), so it is right even if that apply ends the run."""
         rec = worker.current
-        yield self.network.send(worker.host, shard.host, nbytes, f"push w{worker.index}")
-        shard.check_up()  # a shard marked down refuses the push (ShardDown)
-        yield from shard.cpu.work(nbytes * self.receive_cpu, f"recv w{worker.index}")
+        while True:
+            host = shard.host
+            yield self.network.send(worker.host, host, nbytes, f"push w{worker.index}")
+            shard.check_up()  # a shard marked down refuses the push (ShardDown)
+            yield from shard.cpu.work(nbytes * self.receive_cpu, f"recv w{worker.index}")
+            if shard.host == host:
+                break
+            self._resent(nbytes)  # its server crashed meanwhile: send it again to the range's new primary
         rec.bytes_sent += nbytes
         worker.delivered += 1
         if worker.delivered == len(self.shards):
@@ -180,9 +189,17 @@ class ParameterServers:
         return params, versions
 
     def _pull_shard(self, worker, shard: ServerShard, min_version: int):
-        yield self.network.send(worker.host, shard.host, 0, f"pull-req w{worker.index}")
-        yield shard.reached(min_version)
-        yield from shard.cpu.work(shard.nbytes * self.send_cpu, f"send w{worker.index}")
-        snapshot, version = shard.snapshot(), shard.version
-        yield self.network.send(shard.host, worker.host, shard.nbytes, f"pull w{worker.index}")
-        return snapshot, version
+        while True:
+            host = shard.host
+            yield self.network.send(worker.host, host, 0, f"pull-req w{worker.index}")
+            yield shard.reached(min_version)
+            yield from shard.cpu.work(shard.nbytes * self.send_cpu, f"send w{worker.index}")
+            snapshot, version = shard.snapshot(), shard.version
+            yield self.network.send(host, worker.host, shard.nbytes, f"pull w{worker.index}")
+            if shard.host == host:
+                return snapshot, version
+            self._resent(shard.nbytes)  # its server crashed before the reply landed: ask the new primary
+
+    def _resent(self, nbytes: float) -> None:
+        if self.on_resend is not None:
+            self.on_resend(nbytes)

@@ -13,6 +13,11 @@ task numbered below t - tau has finished, where tau is `policy.max_delay`:
 Servers are ASP's (each gradient applied on arrival, scaled by 1/n under gradient_scale=mean); staleness
 and clock_lead are recorded as under ASP. A gradient of task t misses at most 2 tau updates: its pull
 follows the finish of every task below t - tau, and no task above t + tau can start before t finishes.
+
+Replicated key ranges and server crashes (OSDI'14 section 4.3): with policy.replicas = k >= 1, or a
+server_crash fault, the ranges sit on a consistent-hash ring of the server hosts (pssim/comm/ring.py) and
+each primary copies a range to its k ring successors after every apply; a crashed server's ranges go to
+the next live host of the ring, which resumes from its copy (`Replication`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from dataclasses import dataclass
 
 import simpy
 
+import torch
+
 from pssim.comm.gates import Clock
+from pssim.comm.ring import Ring, range_name
 from pssim.config import require
 from pssim.policies.asynchronous import AsyncConfig, Asynchronous
 from pssim.policies.base import register
@@ -32,12 +40,30 @@ class BoundedDelayConfig(AsyncConfig):
     name: str = "bounded_delay"
     # tau: task t starts once every task started before task t - tau has finished (0: sequential; null: no bound, eventual consistency, as async).
     max_delay: int | None = 4
+    # k: after a key range applies a gradient its primary server sends the updated range to its k ring successors (0: no replicas).
+    replicas: int = 0
+    # Positions of each server host on the consistent-hash ring of key ranges.
+    virtual_nodes: int = 4
 
     def check(self, config) -> None:
         super().check(config)
         tau = self.max_delay
         require(tau is None or (isinstance(tau, int) and not isinstance(tau, bool) and tau >= 0),
                 "policy.max_delay", tau, "must be an integer >= 0, or null for no bound (eventual consistency)")
+        k, servers = self.replicas, config.cluster.servers
+        require(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < servers, "policy.replicas", k,
+                f"must be an integer in [0, cluster.servers - 1 = {servers - 1}]")
+        v = self.virtual_nodes
+        require(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024, "policy.virtual_nodes", v,
+                "must be an integer in [1, 1024]")
+
+
+def uses_ring(config) -> bool:
+    """Ranges are placed on the ring when they are replicated or a server can crash; otherwise range j
+    stays on server j (ps-lite's static placement), so a run without either is the same as before."""
+    faults = config.faults
+    crash = faults.model == "scheduled" and any(e.kind == "server_crash" for e in faults.events)
+    return config.policy.replicas > 0 or crash
 
 
 class TaskWindow:
@@ -93,6 +119,27 @@ class BoundedDelay(Asynchronous):
         super().__init__(ctx)
         self.tau: int | None = self.cfg.max_delay
         self.tasks = TaskWindow(self.env)
+        self.replication: Replication | None = None
+        if self.servers is not None and uses_ring(ctx.config):
+            self.replication = Replication(self, ctx)
+
+    def apply_on_arrival(self, versions_used: list[int], epoch: int | None = None):
+        """ASP's rule; then, with a ring, the range's vector clock ticks and its primary replicates it."""
+        inner = super().apply_on_arrival(versions_used, epoch)
+        if self.replication is None:
+            return inner
+
+        def on_arrival(shard, worker, grad) -> None:
+            before = shard.version
+            inner(shard, worker, grad)
+            if shard.version > before:
+                self.replication.applied(shard, worker.index)
+
+        return on_arrival
+
+    def crash_server(self, index: int, fault=None) -> None:
+        """Server `index` (host cluster.servers' index) crashes for good: its ranges go to replicas."""
+        self.replication.crash(self.ctx.cluster.layout.servers[index], fault)
 
     def worker(self, w):
         if self.tau is None:  # no bound: no gate and no start order, ASP's loop itself
@@ -127,3 +174,107 @@ class BoundedDelay(Asynchronous):
         """Wait until every task numbered below `task` has started (a no-op unless pulls reordered them)."""
         if self.tasks.started.value < task:
             yield self.tasks.started.reached(task)
+
+
+class Replication:
+    """Key ranges on a consistent-hash ring (pssim/comm/ring.py), replicated to k ring successors.
+
+    Placement: range j (shard j) is owned by the first host of its ring chain; every range on one host
+    shares that host's one-core CPU. Versions: each range keeps a vector clock, `clocks[j][w]` = how many
+    of worker w's gradients its parameters hold (the shard's own version counts every update applied,
+    lost ones included, so progress never goes back).
+
+    Replication (after aggregation, as in OSDI'14): each time a range applies a gradient, its primary
+    sends the updated range (its wire bytes) to each of its k live ring successors: the primary's CPU
+    sends (transport cost per byte), a flow crosses the network, the replica's CPU receives (transport
+    plus aggregation cost per byte, as for a push); the copy (parameters, momentum, vector clock) is
+    held once that CPU work is done: it has landed. The worker's push is acknowledged when the primary
+    has applied it, without waiting for replication, so an update acknowledged but not yet replicated
+    can be lost. A copy that lands after its sender crashed is dropped (the handoff has happened).
+
+    Crash: the crashed host leaves the ring; each range it owned goes to the next live host of its
+    chain. If that host holds a landed copy the range resumes from it; otherwise (k = 0, or no copy had
+    landed yet) from the last checkpoint, the initial parameters with zero momentum. Lost updates: the
+    updates in the crashed primary's vector clock beyond the copy's. Copies the crashed host held are
+    gone; the new primary replicates to its own k live successors from its next update on.
+    """
+
+    def __init__(self, policy, ctx):
+        self.policy, self.env = policy, ctx.env
+        self.servers = ctx.servers
+        self.k = policy.cfg.replicas
+        self.ring = Ring(ctx.cluster.layout.servers, policy.cfg.virtual_nodes)
+        self.down: set[str] = set()
+        shards = self.servers.shards
+        self.cpus = {s.host: s.cpu for s in shards}  # each server host's CPU (shard j was built on server j)
+        self.initial = ctx.initial_params
+        self.clocks = [[0] * policy.n for _ in shards]
+        self.copies: list[dict[str, tuple]] = [{} for _ in shards]  # range -> host -> (params, momentum, clock)
+        self.replicated_bytes = 0.0
+        self.log: list[tuple[int, str, str, int, float, float]] = []  # (range, from, to, updates, sent, landed)
+        self.resend_fault = None
+        for s in shards:
+            self._place(s, self.ring.owners(range_name(s.index), 0)[0])
+        self.servers.on_resend = self._resent
+
+    def _place(self, shard, host: str) -> None:
+        shard.host, shard.cpu = host, self.cpus[host]
+
+    def primary(self, j: int) -> str:
+        return self.servers.shards[j].host
+
+    def successors(self, j: int) -> list[str]:
+        return self.ring.owners(range_name(j), self.k, self.down)[1:]
+
+    def applied(self, shard, worker: int) -> None:
+        j = shard.index
+        self.clocks[j][worker] += 1
+        if self.k == 0:
+            return
+        state = shard.state
+        copy = (None if state is None else state.params.clone(), None if state is None else state.momentum.clone(),
+                list(self.clocks[j]))
+        for dst in self.successors(j):
+            self.env.process(self._replicate(shard, shard.host, dst, copy))
+
+    def _replicate(self, shard, src: str, dst: str, copy):
+        sent, nbytes = self.env.now, shard.nbytes
+        yield from self.cpus[src].work(nbytes * self.servers.send_cpu, f"replicate r{shard.index}")
+        yield self.servers.network.send(src, dst, nbytes, f"replicate r{shard.index}")
+        yield from self.cpus[dst].work(nbytes * self.servers.receive_cpu, f"replica r{shard.index}")
+        self.replicated_bytes += nbytes
+        if src in self.down or dst in self.down:
+            return  # its sender crashed first (the handoff is done) or its receiver is gone
+        held = self.copies[shard.index].get(dst)
+        if held is None or sum(held[2]) < sum(copy[2]):
+            self.copies[shard.index][dst] = copy
+        self.log.append((shard.index, src, dst, sum(copy[2]), sent, self.env.now))
+
+    def crash(self, host: str, fault=None) -> None:
+        self.down.add(host)
+        self.resend_fault = fault
+        for held in self.copies:
+            held.pop(host, None)
+        for shard in self.servers.shards:
+            if shard.host != host:
+                continue
+            j = shard.index
+            new = self.ring.owners(range_name(j), 0, self.down)[0]
+            copy = self.copies[j].get(new)
+            if copy is None:  # no replica: the last checkpoint, the initial parameters
+                n = len(self.clocks[j])
+                copy = (None if self.initial is None else self.initial[shard.lo:shard.hi].clone(),
+                        None if shard.state is None else torch.zeros_like(shard.state.momentum), [0] * n)
+            lost = sum(self.clocks[j]) - sum(copy[2])
+            if shard.state is not None:
+                shard.state.params.copy_(copy[0])
+                shard.state.momentum.copy_(copy[1])
+            self.clocks[j] = list(copy[2])
+            self._place(shard, new)
+            if fault is not None and lost:
+                lost_by = self.policy.updates_lost_by
+                lost_by[id(fault)] = lost_by.get(id(fault), 0) + lost
+
+    def _resent(self, nbytes: float) -> None:
+        if self.resend_fault is not None:
+            self.resend_fault.bytes_resent += nbytes
