@@ -31,9 +31,8 @@ FAULT_MODELS: Registry[type[FaultsConfig]] = Registry("faults.model")
 KINDS = ("worker_crash", "server_crash", "link_down", "link_degrade")
 # Policies that hand a crashed server's key ranges to a replica (OSDI'14's replicated ranges).
 SERVER_CRASH = ("bounded_delay",)
-# Policies whose recovery from a worker crash is not modelled yet (bounded_delay's task window would
-# wait forever for the crashed worker's task), or from a link failure (byteps, herring).
-NO_WORKER_CRASH = ("bounded_delay",)
+# Policies whose recovery from a worker crash, or from a link failure (byteps, herring), is not modelled.
+NO_WORKER_CRASH: tuple[str, ...] = ()
 NO_LINK_FAULTS = ("byteps", "herring")
 
 

@@ -169,3 +169,22 @@ def test_max_delay_is_a_count_or_null():
         to_config(["+policy=bounded_delay", "policy.max_delay=-1"])
     with pytest.raises(ConfigError, match=r"policy\.max_delay"):
         to_config(["+policy=bounded_delay", "policy.max_delay=2.5"])
+
+
+@pytest.mark.parametrize("for_s", [0.002, None])
+def test_a_crashed_workers_task_is_abandoned_so_the_others_go_on(for_s):
+    """tau=1 with 4 workers: without abandoning the crashed worker's task, every other worker would wait
+    at the bound for it forever (the run would stall). With it, the run reaches train.steps; the crashed
+    worker computes nothing while it is down, and after a restart it goes on with its own step count."""
+    event = {"at_s": 0.001, "kind": "worker_crash", "target": "0", "for_s": for_s}
+    r = simulate(**fast(policy="bounded_delay", policy__max_delay=1, cluster__workers=4, train__steps=80,
+                        train__numerics=False, faults="scheduled", faults__events=[event]))
+    assert r.summary["status"] == "completed" and r.summary["global_steps"] == 80
+    mine = r.steps[r.steps["worker"] == 0]
+    down_until = 0.001 + (for_s if for_s is not None else float("inf"))
+    assert not ((mine["compute_start"] > 0.001) & (mine["compute_start"] < down_until)).any()
+    if for_s is not None:
+        assert (mine["compute_start"] >= down_until).any()  # it came back
+        assert list(mine["step"]) == list(range(len(mine)))  # and its own step count went on
+    else:
+        assert mine["compute_start"].max() < 0.001

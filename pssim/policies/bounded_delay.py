@@ -81,6 +81,7 @@ class TaskWindow:
         self.started = Clock(env)
         self.finished = Clock(env)
         self._done_above: set[int] = set()  # finished tasks beyond the finished prefix
+        self._abandoned: set[int] = set()  # tasks of crashed workers that never started
 
     def issue(self) -> int:
         task, self.issued = self.issued, self.issued + 1
@@ -90,6 +91,23 @@ class TaskWindow:
         if task != self.started.value:
             raise RuntimeError(f"task {task} started out of order (next is {self.started.value})")
         self.started.advance()
+        self._skip_abandoned()
+
+    def is_finished(self, task: int) -> bool:
+        return task < self.finished.value or task in self._done_above
+
+    def abandon(self, task: int) -> None:
+        """The task's worker crashed: the task counts as finished, and as started if it had not started
+        (so the tasks after it are neither held at the bound nor in the start order)."""
+        if task >= self.started.value:
+            self._abandoned.add(task)
+            self._skip_abandoned()
+        self.finish(task)
+
+    def _skip_abandoned(self) -> None:
+        while self.started.value in self._abandoned:
+            self._abandoned.remove(self.started.value)
+            self.started.advance()
 
     def finish(self, task: int) -> None:
         self._done_above.add(task)
@@ -119,6 +137,7 @@ class BoundedDelay(Asynchronous):
         super().__init__(ctx)
         self.tau: int | None = self.cfg.max_delay
         self.tasks = TaskWindow(self.env)
+        self.task_of: dict[int, int] = {}  # worker -> the task it holds (issued, not yet finished)
         self.replication: Replication | None = None
         if self.servers is not None and uses_ring(ctx.config):
             self.replication = Replication(self, ctx)
@@ -145,23 +164,32 @@ class BoundedDelay(Asynchronous):
         if self.tau is None:  # no bound: no gate and no start order, ASP's loop itself
             return (yield from super().worker(w))
         params, versions = self.ctx.initial_params, [0] * len(self.servers.shards)
-        task = self.tasks.issue()
-        if (yield from self.admit(task)):
+        restarted = w.index in self.restarted  # back from a crash: it pulls the newest model first
+        task = self.task_of[w.index] = self.tasks.issue()
+        if (yield from self.admit(task)) or restarted:
             params, versions = yield from self.servers.pull(w)
         yield from self.in_order(task)
-        step = 0
+        step = w.clock  # its own step count goes on after a restart
         while True:
             self.tasks.start(task)
             grad = yield from w.compute(params, step, min(versions), clock_lead=self.clocks.lead(w.index))
-            yield from self.servers.push(w, grad, self.apply_on_arrival(versions))
+            yield from self.servers.push(w, grad, self.apply_on_arrival(versions, self.epoch[w.index]))
             self.tasks.finish(task)
             self.clocks.tick(w.index, to=step + 1)
-            task = self.tasks.issue()
+            task = self.task_of[w.index] = self.tasks.issue()
             yield from self.admit(task)
             params, versions = yield from self.servers.pull(w)
             yield from self.in_order(task)
             w.finish_step()
             step += 1
+
+    def crash_worker(self, index: int, fault=None) -> None:
+        """As ASP (its in-flight gradient is lost), and the task it held is abandoned: counted as finished
+        so that the bound does not hold every other worker back until it restarts."""
+        super().crash_worker(index, fault)
+        task = self.task_of.pop(index, None)
+        if task is not None and not self.tasks.is_finished(task):
+            self.tasks.abandon(task)
 
     def admit(self, task: int):
         """The bound: wait until every task below task - tau has finished; returns whether it waited."""
