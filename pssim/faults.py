@@ -34,12 +34,8 @@ SERVER_CRASH = ("bounded_delay",)
 # Policies whose recovery from a worker crash, or from a link failure (byteps, herring), is not modelled.
 NO_WORKER_CRASH: tuple[str, ...] = ()
 NO_LINK_FAULTS = ("byteps", "herring")
-
-
-def fault_model(cls):
-    """Class decorator: make a fault model available as `faults=<model>` (its schema: the class)."""
-    FAULT_MODELS[cls.model] = cls
-    return cls
+# Class decorator: make a fault model available as `faults=<model>` (its schema: the class).
+fault_model = FAULT_MODELS.by("model")
 
 
 @dataclass

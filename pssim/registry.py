@@ -20,6 +20,16 @@ class Registry(dict, Generic[T]):
         super().__init__()
         self.key = key
 
+    def by(self, attribute: str):
+        """A class decorator registering a class under its own `attribute` (a schema's name field):
+        `straggler_model = STRAGGLER_MODELS.by("model")`."""
+
+        def add(cls):
+            self[getattr(cls, attribute)] = cls
+            return cls
+
+        return add
+
     def lookup(self, name: str, key: str | None = None) -> T:
         """The entry called `name`; ConfigError naming `key` (default: the registry's) and the choices."""
         one_of(key or self.key, name, tuple(self))

@@ -17,12 +17,8 @@ from pssim.config import StragglerConfig, finite, require
 from pssim.registry import Registry
 
 STRAGGLER_MODELS: Registry[type[StragglerConfig]] = Registry("stragglers.model")
-
-
-def straggler_model(cls):
-    """Class decorator: make a straggler schema available as `stragglers=<its model name>`."""
-    STRAGGLER_MODELS[cls.model] = cls
-    return cls
+# Class decorator: make a straggler schema available as `stragglers=<its model name>`.
+straggler_model = STRAGGLER_MODELS.by("model")
 
 
 @straggler_model

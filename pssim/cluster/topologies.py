@@ -16,12 +16,8 @@ from pssim.network.transport import Transport
 from pssim.registry import Registry
 
 TOPOLOGIES: Registry[type[TopologyConfig]] = Registry("topology.name")
-
-
-def topology(cls):
-    """Class decorator: make a topology schema available as `topology=<its name>`."""
-    TOPOLOGIES[cls.name] = cls
-    return cls
+# Class decorator: make a topology schema available as `topology=<its name>`.
+topology = TOPOLOGIES.by("name")
 
 
 @topology
