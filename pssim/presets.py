@@ -113,19 +113,20 @@ def to_config(config: Any = None, **overrides: Any) -> Config:
     >>> to_config(["+policy=ssp", "cluster.workers=8"], **{"policy.staleness": 2}).policy.staleness
     2
     """
-    picks = [o for k, v in overrides.items() if (o := _as_override(k, v))]
-    if isinstance(config, (Config, DictConfig)):
+    composed = isinstance(config, (Config, DictConfig))
+    if not composed:
+        overrides = {**(dict(config) if isinstance(config, dict) else {}), **overrides}
+    picks = {k: o for k, v in overrides.items() if (o := _as_override(k, v))}
+    overrides = {k: v for k, v in overrides.items() if k not in picks}
+    if composed:
         if picks:
-            raise ConfigError(f"{picks[0]}: presets are chosen when composing; pass a list of overrides "
-                              "or a dict instead of a composed config")
+            raise ConfigError(f"{next(iter(picks.values()))}: presets are chosen when composing; pass a list "
+                              "of overrides or a dict instead of a composed config")
         cfg = OmegaConf.structured(config) if isinstance(config, Config) else config.copy()
         OmegaConf.set_struct(cfg, True)
     else:
         strings = list(config) if isinstance(config, (list, tuple)) else []
-        overrides = {**(dict(config) if isinstance(config, dict) else {}), **overrides}
-        picks = [o for k, v in overrides.items() if (o := _as_override(k, v))]
-        overrides = {k: v for k, v in overrides.items() if _as_override(k, v) is None}
-        cfg = compose(strings + picks)
+        cfg = compose(strings + list(picks.values()))
     check_overrides(f"{k}={v}" for k, v in overrides.items())
     for key, value in overrides.items():
         if isinstance(OmegaConf.select(cfg, key, default=None), bool) and not isinstance(value, bool):

@@ -92,6 +92,8 @@ class Policy:
         self.restarted: set[int] = set()  # workers that restarted at least once (their loop pulls first)
         self.epoch = [0] * self.n  # bumped at each crash: a gradient pushed in an older epoch is dropped
         self.updates_lost_by: dict[int, int] = {}  # id(fault record) -> gradients the servers dropped
+        self._crash_fault: dict[int, Any] = {}  # worker -> the fault record of its latest crash
+        self._lost_seen: set[tuple[int, int]] = set()  # (worker, epoch) whose dropped gradient was counted
         self.lockstep = False  # one process drives every worker (replicated policies)
 
     def start(self) -> None:
@@ -109,7 +111,6 @@ class Policy:
         w = self.workers[index]
         self.down.add(index)
         self.epoch[index] += 1
-        self._crash_fault = getattr(self, "_crash_fault", {})
         self._crash_fault[index] = fault
         self.interrupt(index, WorkerCrash(index, fault))
         if w.current is not None and w.delivered == len(self.servers.shards):
@@ -130,9 +131,8 @@ class Policy:
         worker crashed after pushing it: the gradient is lost, counted once per crash)."""
         if epoch == self.epoch[worker.index]:
             return True
-        fault = getattr(self, "_crash_fault", {}).get(worker.index)
+        fault = self._crash_fault.get(worker.index)
         key = (worker.index, epoch)
-        self._lost_seen = getattr(self, "_lost_seen", set())
         if key not in self._lost_seen:
             self._lost_seen.add(key)
             self.updates_lost_by[id(fault)] = self.updates_lost_by.get(id(fault), 0) + 1
