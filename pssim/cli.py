@@ -157,12 +157,12 @@ def check_keys(args: list[str]) -> None:
         raise ConfigError(f"{deletions[0]}: deleting a key is not supported; set it to a value instead")
     overrides = [m for a in args if not a.startswith("-") and (m := OVERRIDE.match(a))]
     picks = {m["key"]: _first(m["value"]) for m in overrides if _is_group_pick(m["key"]) and m["key"] != "hydra"}
-    policies = picks.pop("policy", ["sync"])
+    policies = picks.pop("policy", [None])  # None: the default policy, or the one an experiment picks
     base = [f"{g}={v[0]}" for g, v in picks.items() if g in GROUPS]
     known: set[str] = set()
     composed = []
     for policy in policies:
-        composed.append(compose([*base, f"+policy={policy}"]))
+        composed.append(compose([*base, *([f"+policy={policy}"] if policy else [])]))
         known |= flat_keys(composed[-1])
     for m in overrides:
         key = m["key"]
@@ -211,7 +211,7 @@ def _first_line(text: str | None) -> str:
 def _preset_line(group: str, name: str) -> str:
     """The first comment line of a preset's YAML file."""
     for line in (CONFIG_DIR / group / f"{name}.yaml").read_text().splitlines():
-        if line.startswith("#"):
+        if line.startswith("#") and not line.startswith("# @package"):
             return line.lstrip("# ").strip()
     return ""
 

@@ -170,6 +170,8 @@ class WorkloadConfig:
     eval_samples: int = 2048
     # gaussian_mixture: distance between class means, in units of the noise's standard deviation.
     separation: float = 2.0
+    # sparse_logistic: fraction of the features set in each sample (its nonzeros), in (0, 1].
+    density: float = 0.01
     # float32, or float64 for exact comparisons.
     dtype: str = "float32"
 
@@ -281,6 +283,7 @@ def check_core(c: Config) -> None:
     require(all(h >= 1 for h in w.hidden), "workload.hidden", list(w.hidden), "every width must be >= 1")
     require(w.eval_samples >= 1, "workload.eval_samples", w.eval_samples, "must be >= 1")
     require(0 <= w.separation <= 1e6, "workload.separation", w.separation, "must be in [0, 1e6]")
+    require(math.isfinite(w.density) and 0 < w.density <= 1, "workload.density", w.density, "must be in (0, 1]")
     require(w.classes <= 10_000, "workload.classes", w.classes, "must be <= 10,000")
     if c.train.numerics:  # the generated data must fit in memory (8 bytes a value at most)
         data_bytes = (w.train_samples + w.eval_samples) * w.features * 8

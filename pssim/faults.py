@@ -1,6 +1,6 @@
 """Faults (the `faults` config group): worker crashes, server crashes (bounded_delay only) and link
-failures or degradation, at given simulated
-times (`scheduled`) or drawn from a failure rate (`mtbf`), and the injector that makes them happen.
+failures or degradation, at given simulated times (`scheduled`) or drawn from a failure rate (`mtbf`),
+and the injector that makes them happen.
 
 The injector only uses the failure hooks: `Policy.crash_worker` / `restart_worker` (built on
 `Policy.interrupt`), `FlowNetwork.fail_link` / `set_link_capacity` / `restore_link`. Each policy recovers
@@ -8,7 +8,7 @@ as its system does (docs/MODELS.md, "Faults"): async/ssp lose the crashed worker
 restart it with a fresh pull; BSP goes on without it when it has backup workers; the lockstep policies
 (allreduce, byteps, herring) abandon the step and restart it after the member's restart. Messages of the
 parameter-server policies that a link failure ends are sent again once a route exists. A server crash
-(scheduled only, for good) hands the server's key ranges to the next live server on bounded_delay's
+(for good) hands the server's key ranges to the next live server on bounded_delay's
 consistent-hash ring, which resumes from its replicated copy (pssim/policies/bounded_delay.py,
 `Replication`); pushes and pulls the crashed server had not completed are sent again to the new owner.
 
@@ -31,7 +31,8 @@ FAULT_MODELS: Registry[type[FaultsConfig]] = Registry("faults.model")
 KINDS = ("worker_crash", "server_crash", "link_down", "link_degrade")
 # Policies that hand a crashed server's key ranges to a replica (OSDI'14's replicated ranges).
 SERVER_CRASH = ("bounded_delay",)
-# Policies whose recovery from a worker crash, or from a link failure (byteps, herring), is not modelled.
+# Policies whose recovery from a worker crash, or from a link failure (byteps, herring: a step abandoned
+# midway would leave partial sums on their summation services), is not modelled; link_degrade is.
 NO_WORKER_CRASH: tuple[str, ...] = ()
 NO_LINK_FAULTS = ("byteps", "herring")
 # Class decorator: make a fault model available as `faults=<model>` (its schema: the class).
@@ -96,9 +97,9 @@ class ScheduledFaults(FaultsConfig):
             else:
                 require(str(e.target).count("-") == 1 and all(str(e.target).split("-")), f"{key}.target", e.target,
                         "must be a link 'a-b' between two host names for a link fault")
-                require(config.policy.name not in NO_LINK_FAULTS, f"{key}.kind", e.kind,
-                        f"link faults are not modelled under policy {config.policy.name} (allreduce and the "
-                        "parameter-server policies recover from them)")
+                require(e.kind == "link_degrade" or config.policy.name not in NO_LINK_FAULTS, f"{key}.kind", e.kind,
+                        f"link failures are not modelled under policy {config.policy.name} (link_degrade is; "
+                        "allreduce and the parameter-server policies recover from link_down)")
             if e.kind == "link_degrade":
                 require(e.fraction is not None and 0 < e.fraction < 1, f"{key}.fraction", e.fraction,
                         "must be in (0, 1) for a link_degrade")
@@ -111,8 +112,9 @@ class ScheduledFaults(FaultsConfig):
 class MtbfFaults(FaultsConfig):
     """Faults drawn from failure rates: each class's faults arrive as a Poisson process with mean time
     between failures mtbf_s (for the whole class, not per component), each hitting a component of the
-    class drawn uniformly; a draw that hits a component already down is skipped. Every fault is
-    repaired after repair_s. Draws come from the named streams faults/worker and faults/link."""
+    class drawn uniformly; a draw that hits a component already down is skipped. Worker and link faults
+    are repaired after repair_s; a server crash is for good, and a draw that would crash the last live
+    server is skipped. Draws come from the named streams faults/worker, faults/link and faults/server."""
 
     model: str = "mtbf"
     # Mean time between worker crashes (cluster-wide); null: no worker crashes.
@@ -121,8 +123,16 @@ class MtbfFaults(FaultsConfig):
     # Mean time between link failures (over every host-switch and switch-switch link); null: none.
     link_mtbf_s: float | None = None
     link_repair_s: float = 0.1
+    # Mean time between server crashes (bounded_delay only; for good, never the last live server); null: none.
+    server_mtbf_s: float | None = None
 
     def check(self, config) -> None:
+        mtbf = self.server_mtbf_s
+        require(mtbf is None or (math.isfinite(mtbf) and 1e-9 <= mtbf <= 1e9), "faults.server_mtbf_s", mtbf,
+                "must be in [1e-9, 1e9] s, or null (no server crashes)")
+        if mtbf is not None:
+            require(config.policy.name in SERVER_CRASH, "faults.server_mtbf_s", mtbf,
+                    f"server crashes are modelled only under +policy=bounded_delay, not {config.policy.name}")
         for cls in ("worker", "link"):
             mtbf, repair = getattr(self, f"{cls}_mtbf_s"), getattr(self, f"{cls}_repair_s")
             require(mtbf is None or (math.isfinite(mtbf) and 1e-9 <= mtbf <= 1e9), f"faults.{cls}_mtbf_s", mtbf,
@@ -252,12 +262,16 @@ class FaultInjector:
                 self.env.process(self._poisson(streams.generator("faults/link"), self.cfg.link_mtbf_s, "link_down",
                                                [f"{a}-{b}" for a, b in self._physical_links()],
                                                self.cfg.link_repair_s))
+            if self.cfg.server_mtbf_s is not None:
+                self.env.process(self._poisson(streams.generator("faults/server"), self.cfg.server_mtbf_s,
+                                               "server_crash", [str(i) for i in range(self.ctx.config.cluster.servers)],
+                                               None))
 
     def _scheduled(self, e: FaultEvent):
         yield self.env.timeout(e.at_s)
         self.inject(e.kind, str(e.target), e.for_s, e.fraction)
 
-    def _poisson(self, rng, mtbf: float, kind: str, targets: list[str], repair: float):
+    def _poisson(self, rng, mtbf: float, kind: str, targets: list[str], repair: float | None):
         while True:
             yield self.env.timeout(float(rng.exponential(mtbf)))
             self.inject(kind, targets[int(rng.integers(len(targets)))], repair, None)
@@ -277,8 +291,8 @@ class FaultInjector:
                 self.env.process(self._later(for_s, lambda: self._restart(i)))
         elif kind == "server_crash":
             i = int(target)
-            if i in self.down_servers:
-                return
+            if i in self.down_servers or len(self.down_servers) + 1 >= self.ctx.config.cluster.servers:
+                return  # already down, or the last live server (it must stay up to take the key ranges)
             rec = FaultRecord(self.env.now, f"server {i}", kind)
             self.records.append(rec)
             self.down_servers.add(i)

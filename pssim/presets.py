@@ -30,8 +30,10 @@ from pssim.workload.models import MODELS
 from pssim.workload.profiles import PROFILES
 
 CONFIG_DIR = Path(__file__).parent / "conf"
-# Config groups a user picks a preset of; policy is added with `+` (sync is the default policy).
-GROUPS = ("policy", "network", "intra", "topology", "stragglers", "faults", "workload", "profile")
+# Config groups a user picks a preset of; policy is added with `+` (sync is the default policy), and so
+# is an experiment (a named setup that sets keys of several groups: conf/experiment/).
+GROUPS = ("policy", "network", "intra", "topology", "stragglers", "faults", "workload", "profile", "experiment")
+ADDED_GROUPS = ("policy", "experiment")
 # The key that names a group's preset: setting it alone would relabel, not load, a preset.
 NAME_KEYS = {"policy.name": "policy", "network.name": "network", "intra.name": "intra",
              "topology.name": "topology", "stragglers.model": "stragglers", "faults.model": "faults", "workload.name": "workload",
@@ -79,8 +81,9 @@ def check_overrides(overrides: Iterable[str]) -> None:
 
 
 def normalize(override: str) -> str:
-    """`policy=NAME` picks a policy as `+policy=NAME` does (sync is merged first as the default)."""
-    return "+" + override if override.startswith("policy=") else override
+    """`policy=NAME` picks a policy as `+policy=NAME` does (sync is merged first as the default);
+    `experiment=NAME` is `+experiment=NAME`."""
+    return "+" + override if override.startswith(tuple(f"{g}=" for g in ADDED_GROUPS)) else override
 
 
 def compose(overrides: Iterable[str] = ()) -> DictConfig:
@@ -100,7 +103,7 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
 def _as_override(key: str, value: Any) -> str | None:
     """A keyword argument naming a group (network="tcp_25g") selects its preset."""
     if key in GROUPS and isinstance(value, str):
-        return f"+policy={value}" if key == "policy" else f"{key}={value}"
+        return f"+{key}={value}" if key in ADDED_GROUPS else f"{key}={value}"
     return None
 
 

@@ -80,6 +80,7 @@ class Cli:
 def cli(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     runs = {group: Cli(root / group, sweep_args(group), multirun=True) for group in ("policy", *GROUPS)}
+    runs["experiment"] = Cli(root / "experiment", ["+experiment=osdi14_fig13", *SMALL], multirun=False)
     runs["relabel"] = Cli(root / "relabel", ["network.name=efa_100g", *QUIET], multirun=False)
     runs["custom"] = Cli(root / "custom", [f"{k}={v}" for k, v in CUSTOM_NET.items()] + ["train.steps=5", *QUIET],
                          multirun=False)
@@ -126,7 +127,9 @@ def test_every_preset_gives_the_same_run_from_the_command_line_and_from_python(c
         result = simulate(overrides)
         summary = json.loads(path.read_text())
         part = getattr(result.config, group)
-        assert (part.model if group == "stragglers" else part.name) == pick
+        name_key = "model" if group == "stragglers" else "name"
+        own = {} if group == "policy" else yaml.safe_load((CONF / group / f"{pick}.yaml").read_text())
+        assert getattr(part, name_key) == own.get(name_key, pick)  # the preset file's own name, if it has one
         if group == "policy":
             assert summary["policy"] == pick
         assert_same_summary(result.summary, summary, f"{overrides}")
@@ -139,6 +142,18 @@ def test_every_preset_gives_the_same_run_from_the_command_line_and_from_python(c
     # left out: on equal workers over 5 steps its gate never binds, so it may share async's schedule.
     distinct = {k: v for k, v in times.items() if k not in ("ssp", "bounded_delay")}  # gates that never bind here
     assert len(set(distinct.values())) == len(distinct), f"{group}: presets with the same simulated time {times}"
+
+
+def test_an_experiment_gives_the_same_run_from_the_command_line_and_from_python(cli):
+    """+experiment=NAME sets keys of several groups (conf/experiment/): both entry points run its config."""
+    rc, out, err = cli["experiment"].wait()
+    assert rc == 0, err
+    run = cli["experiment"].dir / "run"
+    result = simulate(experiment="osdi14_fig13", **{"train.steps": 5, "cluster.workers": 4,
+                                                     "output.trace": False, "output.progress": False})
+    assert result.config.policy.name == "bounded_delay" and result.config.workload.dataset == "sparse_logistic"
+    assert OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml")) == as_plain(result.config)
+    assert_same_summary(result.summary, json.loads((run / "summary.json").read_text()), "experiment")
 
 
 def test_the_apis_defaults_are_the_command_lines(cli):

@@ -284,3 +284,16 @@ def test_faults_are_spans_on_a_faults_track_that_nest():
     assert sorted(e["name"] for e in spans) == ["link_down", "worker_crash"]
     crash = next(e for e in spans if e["name"] == "worker_crash")
     assert crash["ts"] == pytest.approx(1e3) and crash["dur"] == pytest.approx(2e3)
+
+
+@pytest.mark.parametrize("policy", ["byteps", "herring"])
+def test_byteps_and_herring_run_on_a_degraded_link_and_slow_down(policy):
+    """link_degrade only changes a capacity, which every policy's flows follow: halving machine 0's NIC
+    for the whole run must lengthen it (its NIC carries a full share of every step's bytes)."""
+    setup = dict(cluster__workers=16, cluster__gpus_per_machine=8, cluster__cpu_machines=2, profile="resnet50",
+                 train__steps=4, train__numerics=False, output__progress=False, output__trace=False)
+    base = run([f"+policy={policy}"], **setup)
+    slow = run([f"+policy={policy}", *events((0.0, "link_degrade", "machine0-switch", None, 0.5))], **setup)
+    assert slow.summary["status"] == "completed"
+    assert slow.summary["sim_time_s"] > 1.2 * base.summary["sim_time_s"]
+    assert list(slow.faults["component"]) == ["link machine0-switch"]

@@ -12,6 +12,7 @@ import torch
 
 from pssim import simulate, to_config
 from pssim.config import ConfigError
+from pssim.seeding import Streams
 from pssim.simulation import Simulation
 from conftest import fast
 
@@ -184,3 +185,28 @@ def test_server_crash_is_refused_outside_bounded_delay_and_checked():
         to_config(["+policy=bounded_delay", "cluster.servers=2", "policy.replicas=2"])
     with pytest.raises(ConfigError, match="policy.virtual_nodes"):
         to_config(["+policy=bounded_delay", "policy.virtual_nodes=0"])
+
+
+def test_mtbf_server_crashes_follow_their_poisson_stream_and_spare_the_last_server():
+    """faults.server_mtbf_s: crash times are the running sum of exponential(mtbf) draws of the stream
+    faults/server, each hitting the server drawn uniformly right after its time; a draw that hits a
+    server already down, or would leave no server up, is skipped. Rebuilt here from the stream."""
+    servers, mtbf = 4, 0.002
+    r = simulate(["+policy=bounded_delay", "faults=mtbf"], **fast(**{
+        "faults.worker_mtbf_s": None, "faults.server_mtbf_s": mtbf, "cluster.servers": servers,
+        "cluster.workers": 3, "policy.replicas": 1, "train.steps": 300, "train.numerics": False}))
+    rng, now, down, expected = Streams(r.config.seed).generator("faults/server"), 0.0, set(), []
+    while now < r.summary["sim_time_s"]:
+        now += float(rng.exponential(mtbf))
+        target = int(rng.integers(servers))
+        if now < r.summary["sim_time_s"] and target not in down and len(down) + 1 < servers:
+            down.add(target)
+            expected.append((now, f"server {target}"))
+    assert len(expected) == servers - 1  # the run is long enough for every crash but the last server's
+    assert [(pytest.approx(t), c) for t, c in expected] == list(zip(r.faults["time_s"], r.faults["component"]))
+    assert r.summary["status"] == "completed"
+
+
+def test_mtbf_server_crashes_are_refused_outside_bounded_delay():
+    with pytest.raises(ConfigError, match="faults.server_mtbf_s"):
+        simulate(["+policy=async", "faults=mtbf"], **{"faults.server_mtbf_s": 1.0})

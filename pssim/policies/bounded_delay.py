@@ -23,6 +23,7 @@ the next live host of the ring, which resumes from its copy (`Replication`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import count
 
 import simpy
 
@@ -30,9 +31,9 @@ import torch
 
 from pssim.comm.gates import Clock
 from pssim.comm.ring import Ring, range_name
-from pssim.config import require
+from pssim.config import one_of, require
 from pssim.policies.asynchronous import AsyncConfig, Asynchronous
-from pssim.policies.base import register
+from pssim.policies.base import mean_gradient, register
 
 
 @dataclass
@@ -44,6 +45,10 @@ class BoundedDelayConfig(AsyncConfig):
     replicas: int = 0
     # Positions of each server host on the consistent-hash ring of key ranges.
     virtual_nodes: int = 4
+    # What a task is: "worker" (one worker's iteration; tasks of different workers overlap) or "iteration"
+    # (OSDI'14 Algorithm 3: iteration t is every worker's gradient on it, summed by the servers into one
+    # update; iteration t starts once every iteration below t - tau has finished; tau=0 is BSP).
+    task: str = "worker"
 
     def check(self, config) -> None:
         super().check(config)
@@ -56,13 +61,19 @@ class BoundedDelayConfig(AsyncConfig):
         v = self.virtual_nodes
         require(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024, "policy.virtual_nodes", v,
                 "must be an integer in [1, 1024]")
+        one_of("policy.task", self.task, ("worker", "iteration"))
+        if self.task == "iteration":
+            require(not uses_ring(config), "policy.task", self.task,
+                    "iteration tasks keep each iteration's partial sums on its server, which are not "
+                    "replicated: use policy.replicas=0 and no server_crash fault, or policy.task=worker")
 
 
 def uses_ring(config) -> bool:
     """Ranges are placed on the ring when they are replicated or a server can crash; otherwise range j
     stays on server j (ps-lite's static placement), so a run without either is the same as before."""
     faults = config.faults
-    crash = faults.model == "scheduled" and any(e.kind == "server_crash" for e in faults.events)
+    crash = ((faults.model == "scheduled" and any(e.kind == "server_crash" for e in faults.events))
+             or (faults.model == "mtbf" and faults.server_mtbf_s is not None))
     return config.policy.replicas > 0 or crash
 
 
@@ -136,6 +147,10 @@ class BoundedDelay(Asynchronous):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.tau: int | None = self.cfg.max_delay
+        self.iterations = self.cfg.task == "iteration"
+        if self.iterations:
+            self.gradients_per_update = self.n  # an iteration's update folds every worker's gradient
+            self._received: dict[tuple[int, int], list] = {}  # (shard, iteration) -> gradients by worker
         self.tasks = TaskWindow(self.env)
         self.task_of: dict[int, int] = {}  # worker -> the task it holds (issued, not yet finished)
         self.replication: Replication | None = None
@@ -161,6 +176,8 @@ class BoundedDelay(Asynchronous):
         self.replication.crash(self.ctx.cluster.layout.servers[index], fault)
 
     def worker(self, w):
+        if self.iterations:
+            return (yield from self.iteration_worker(w))
         if self.tau is None:  # no bound: no gate and no start order, ASP's loop itself
             return (yield from super().worker(w))
         params, versions = self.ctx.initial_params, [0] * len(self.servers.shards)
@@ -182,6 +199,56 @@ class BoundedDelay(Asynchronous):
             yield from self.in_order(task)
             w.finish_step()
             step += 1
+
+    # -- iteration tasks (OSDI'14 Algorithm 3) ------------------------------------------------------
+    def iteration_worker(self, w):
+        """Iteration t: pull once every iteration below t - tau has finished (each shard has applied it),
+        compute the gradient of batch t on what was pulled, push it. Iteration 0 computes on the initial
+        parameters without a pull. tau = null never waits (the pull takes whatever each shard holds)."""
+        params, versions = self.ctx.initial_params, [0] * len(self.servers.shards)
+        if w.index in self.restarted:  # back from a crash: the newest model, then its own iteration count
+            params, versions = yield from self.fresh_pull(w)
+        for t in count(w.clock):
+            grad = yield from w.compute(params, t, min(versions), clock_lead=self.clocks.lead(w.index))
+            yield from self.servers.push(w, grad, self.iteration_sum(t, min(versions), self.epoch[w.index]))
+            self.clocks.tick(w.index, to=t + 1)
+            ready = 0 if self.tau is None else max(0, t + 1 - self.tau)  # iterations below it must be done
+            params, versions = yield from self.servers.pull(w, min_version=ready)
+            w.finish_step()
+
+    def iteration_sum(self, t: int, version_used: int, epoch: int):
+        """Server rule for iteration t: keep each worker's gradient; once all n are in, apply their mean
+        (in worker order; under gradient_scale=sum, n times it) as the shard's one update of iteration t.
+
+        Each worker pushes its iterations in order and a push ends before the next one starts, so a shard
+        completes its iterations in order: its version is the number of iterations it has applied. A
+        gradient of a crashed worker (an older epoch) is dropped; its restart computes the iteration
+        again; a gradient of an iteration the shard has already applied is dropped."""
+
+        def on_arrival(shard, worker, grad) -> None:
+            if not self.accepts(worker, epoch) or t < shard.version:
+                return
+            worker.current.staleness = max(worker.current.staleness, t - version_used)
+            received = self._received.setdefault((shard.index, t), [None] * self.n)
+            received[worker.index] = True if grad is None else grad
+            if any(g is None for g in received):
+                return
+            if t != shard.version:
+                raise RuntimeError(f"shard {shard.index} completed iteration {t} at version {shard.version}")
+            del self._received[(shard.index, t)]
+            mean = None if received[0] is True else mean_gradient(received)
+            self.servers.apply(shard, mean, 1.0 if self.cfg.gradient_scale == "mean" else float(self.n))
+
+        return on_arrival
+
+    def waiting_for(self) -> str:
+        if not self.iterations:
+            return super().waiting_for()
+        waits = []
+        for (j, t), received in sorted(self._received.items()):
+            missing = [str(i) for i, g in enumerate(received) if g is None]
+            waits.append(f"server shard {j} waits for the gradients of iteration {t} from worker(s) {', '.join(missing)}")
+        return "; ".join(waits)
 
     def crash_worker(self, index: int, fault=None) -> None:
         """As ASP (its in-flight gradient is lost), and the task it held is abandoned: counted as finished

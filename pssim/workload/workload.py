@@ -43,7 +43,7 @@ class Workload:
         """The data set, and each worker's shard of it."""
         self.data = DATASETS.lookup(cfg.dataset)(
             self._streams.generator("data/generate"), cfg.features, cfg.classes, cfg.train_samples,
-            cfg.eval_samples, self.dtype, separation=cfg.separation)
+            cfg.eval_samples, self.dtype, separation=cfg.separation, density=cfg.density)
         shard = cfg.train_samples // self.workers
         order = self._streams.generator("data/partition").permutation(cfg.train_samples)
         self.shards = [order[w * shard:(w + 1) * shard] for w in range(self.workers)]
