@@ -8,7 +8,7 @@ import simpy
 from pssim import ConfigError, to_config
 from pssim.cluster.worker import StepRecord
 from pssim.comm.ps import Key, ParameterServers, shard_keys, shard_ranges
-from pssim.comm.server import ServerShard
+from pssim.comm.server import ServerShard, ShardDown
 from pssim.network.flows import FlowNetwork
 from pssim.network.topology import star
 from pssim.network.transport import Transport
@@ -198,3 +198,21 @@ def test_more_stages_than_profile_layers_is_a_config_error():
     from pssim import simulate
     with pytest.raises(ConfigError, match="cluster.gpus_per_worker"):
         simulate(**fast(**{"cluster.gpus_per_worker": 3}))  # the MLP's profile has two layers
+
+
+def test_a_push_that_lands_on_a_shard_marked_down_is_refused_and_never_applied():
+    """ServerShard.mark_down (the failure hook): the push's bytes cross the network, the shard refuses
+    them on arrival (ShardDown, before any CPU work), and on_arrival is never called."""
+    env = simpy.Environment()
+    transport = Transport.from_config(to_config(**fast()).network)
+    network = FlowNetwork(env, star(["worker0", "server0"], transport))
+    shard = ServerShard(env, 0, "server0", 0, 10, 4000.0, None)
+    ps = ParameterServers(env, network, [shard], 1e-9, 1e-9, on_version=lambda: None)
+    worker = SimpleNamespace(host="worker0", index=0, current=StepRecord(0, 0, 0), delivered=0)
+    arrived = []
+    push = env.process(ps.push(worker, None, lambda s, w, grad: arrived.append(s.index)))
+    shard.mark_down()
+    with pytest.raises(ShardDown):
+        env.run(push)
+    assert arrived == [] and worker.delivered == 0 and shard.cpu.busy == []
+    assert network.sent["worker0"] == 4000.0  # the bytes did travel

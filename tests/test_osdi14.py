@@ -210,3 +210,28 @@ def test_mtbf_server_crashes_follow_their_poisson_stream_and_spare_the_last_serv
 def test_mtbf_server_crashes_are_refused_outside_bounded_delay():
     with pytest.raises(ConfigError, match="faults.server_mtbf_s"):
         simulate(["+policy=async", "faults=mtbf"], **{"faults.server_mtbf_s": 1.0})
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_a_handoff_resumes_params_momentum_and_clock_from_the_replica_or_the_checkpoint(k):
+    """The new primary of each range the crashed host owned holds exactly its copy: parameters, momentum
+    and vector clock as replicated (k=1), or the checkpoint (k=0): the initial parameters, zero momentum,
+    a zero clock. Ranges the host did not own are untouched."""
+    sim = run(k=k, faults=[(1e9, 0)])  # the ring of a crash run; the crash itself comes by hand below
+    rep, shards = sim.policy.replication, sim.ctx.servers.shards
+    host = shards[0].host
+    hosts = [f"server{i}" for i in range(3)]
+    new = {s.index: [h for h in chain(s.index, hosts, 4) if h != host][0] for s in shards if s.host == host}
+    assert new  # the host owned some range
+    expected = {j: rep.copies[j][h] for j, h in new.items()} if k else {
+        j: (sim.ctx.initial_params[shards[j].lo:shards[j].hi], torch.zeros(shards[j].hi - shards[j].lo,
+            dtype=torch.float64), [0, 0]) for j in new}
+    others = {s.index: (s.state.params.clone(), s.state.momentum.clone()) for s in shards if s.index not in new}
+    assert all(s.state.momentum.abs().sum() > 0 for s in shards)  # momentum to lose
+    rep.crash(host)
+    for j, (params, momentum, clock) in expected.items():
+        assert shards[j].host == new[j]
+        assert torch.equal(shards[j].state.params, params) and torch.equal(shards[j].state.momentum, momentum)
+        assert rep.clocks[j] == list(clock)
+    for j, (params, momentum) in others.items():
+        assert torch.equal(shards[j].state.params, params) and torch.equal(shards[j].state.momentum, momentum)
