@@ -180,7 +180,8 @@ def test_server_crash_is_refused_outside_bounded_delay_and_checked():
         to_config(["+policy=bounded_delay", "faults=server_crash",
                    "faults.events=[{at_s: 0.001, kind: server_crash, target: '0', for_s: 1.0}]"])
     with pytest.raises(ConfigError, match="faults.events.0..target"):
-        to_config(["+policy=bounded_delay", "faults=server_crash", row])  # one server: nobody takes over
+        to_config(["+policy=bounded_delay", "faults=server_crash", "cluster.servers=1", row])  # nobody takes over
+    assert to_config(["+policy=bounded_delay", "faults=server_crash"]).cluster.servers == 3  # the preset's servers
     with pytest.raises(ConfigError, match="policy.replicas"):
         to_config(["+policy=bounded_delay", "cluster.servers=2", "policy.replicas=2"])
     with pytest.raises(ConfigError, match="policy.virtual_nodes"):
