@@ -221,8 +221,12 @@ def listing(groups: list[str]) -> str:
     sections = {
         "policy": [(n, _first_line(sys.modules[POLICIES[n].__module__].__doc__)) for n in sorted(POLICIES)],
         **{g: [(n, _preset_line(g, n)) for n in preset_names(g)] for g in GROUPS if g != "policy"},
-        "devices (cluster.device)": [(d.name, f"{d.peak_fp32 / 1e12:g} TFLOP/s fp32, {d.peak_fp16 / 1e12:g} fp16 "
-                                              f"(efficiency {d.efficiency_fp32:g} / {d.efficiency_fp16:g})")
+        "devices (cluster.device)": [(d.name, f"{d.peak_fp32 / 1e12:g} TFLOP/s fp32, "
+                                              + (f"{d.peak_tf32 / 1e12:g} tf32, " if d.peak_tf32 else "")
+                                              + (f"{d.peak_fp16 / 1e12:g} fp16 tensor" if d.tensor_cores
+                                                 else "no tensor cores")
+                                              + (f"; {d.memory_gb:g} GB" if d.memory_gb else "")
+                                              + f", {d.memory_bandwidth / 1e9:g} GB/s")
                                      for d in DEVICES.values()],
     }
     wanted = groups or list(sections)

@@ -48,6 +48,12 @@ def one_of(key: str, value: Any, allowed) -> None:
     require(value in allowed, key, value, "allowed values are " + ", ".join(sorted(allowed)))
 
 
+# cluster.precision: the arithmetic a GPU trains in; cluster.compute: how compute time is set
+# (pssim/cluster/compute.py, docs/MODELS.md Compute).
+PRECISIONS = ("fp32", "tf32", "fp16")
+COMPUTE_MODES = ("measured", "model", "ideal")
+
+
 @dataclass
 class ClusterConfig:
     """Who takes part: data-parallel workers, parameter-server shards and their devices."""
@@ -64,12 +70,21 @@ class ClusterConfig:
     cpu_machines: int = 0
     # NICs per machine, bonded into one link of nics x bandwidth.
     nics_per_machine: int = 1
-    # GPU type of every worker: v100, a100, h100, t4, cpu (`pssim list devices`).
+    # GPU type of every worker: v100, a100, h100, t4, titan_xp, titan_v, titan_rtx, rtx2060,
+    # quadro_p4000, cpu (`pssim list devices`).
     device: str = "v100"
     # One device name per worker for a heterogeneous cluster; empty means every worker uses `device`.
     worker_devices: list[str] = field(default_factory=list)
-    # fp32, or fp16 (tensor-core peak).
+    # fp32; tf32 (TF32 tensor cores, A100/H100; fp32 elsewhere); fp16 (mixed precision on tensor cores;
+    # about fp32 speed on GPUs without them).
     precision: str = "fp32"
+    # How compute time is set: measured (a one-GPU step takes batch / the measured throughput of the
+    # device, profile and precision where one is known, else as model), model (per-layer op-type
+    # efficiencies fit on measured rows), ideal (FLOPs at a flat efficiency per device).
+    compute: str = "measured"
+    # Measured training throughput of one GPU on the timing profile, samples/s (compute=measured only);
+    # overrides the table. null: the table.
+    samples_per_s: float | None = None
     # Server CPU time to add one byte of gradient into its aggregate (summation, memory traffic).
     aggregation_ns_per_byte: float = 0.1
     # Cores of each BytePS / Herring summation service (a PS shard is one single-threaded process).
@@ -261,7 +276,16 @@ def check_core(c: Config) -> None:
     require(cl.gpus_per_worker >= 1, "cluster.gpus_per_worker", cl.gpus_per_worker, "must be >= 1")
     require(len(cl.worker_devices) in (0, cl.workers), "cluster.worker_devices", list(cl.worker_devices),
             f"give one device per worker ({cl.workers}) or none")
-    one_of("cluster.precision", cl.precision, ("fp32", "fp16"))
+    one_of("cluster.precision", cl.precision, PRECISIONS)
+    one_of("cluster.compute", cl.compute, COMPUTE_MODES)
+    if cl.samples_per_s is not None:
+        require(0 < cl.samples_per_s <= 1e9, "cluster.samples_per_s", cl.samples_per_s,
+                "must be in (0, 1e9] samples/s (or null: the measured table)")
+        require(cl.compute == "measured", "cluster.samples_per_s", cl.samples_per_s,
+                f"is read only with cluster.compute=measured, not {cl.compute}")
+        require(len(set(cl.worker_devices)) <= 1, "cluster.samples_per_s", cl.samples_per_s,
+                "is one device's throughput: with several cluster.worker_devices register a row per device"
+                " (pssim.cluster.compute.register_measured)")
     gpm = cl.gpus_per_machine
     require(gpm >= 1, "cluster.gpus_per_machine", gpm, "must be >= 1")
     require(cl.gpus % gpm == 0, "cluster.gpus_per_machine", gpm,

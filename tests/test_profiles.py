@@ -39,4 +39,8 @@ def test_a_profile_sets_bytes_and_flops_while_the_small_model_keeps_the_numerics
     assert big.summary["final_loss"] == small.summary["final_loss"]  # same math
     assert big.steps["bytes_sent"].iloc[0] == pytest.approx(25_557_032 * 4, rel=1e-9)
     compute = (big.steps["compute_end"] - big.steps["compute_start"]).iloc[0]
+    # ResNet-50 on a V100 in fp32 has a measured row, 367 images/s (cluster.compute=measured, the default)
+    assert compute == pytest.approx(32 / 367, rel=1e-9)
+    ideal = simulate(**fast(train__steps=4, profile="resnet50", cluster__servers=2, cluster__compute="ideal"))
+    compute = (ideal.steps["compute_end"] - ideal.steps["compute_start"]).iloc[0]
     assert compute == pytest.approx(100e-6 + 6 * resnet50().macs * 32 / (15.7e12 * 0.6), rel=1e-9)

@@ -13,9 +13,12 @@ from conftest import fast
 
 
 def replica_run(gpus_per_machine: int, **overrides):
-    """Sync, two workers of two GPUs each, ResNet-50's timing, no stragglers."""
+    """Sync, two workers of two GPUs each, ResNet-50's timing, no stragglers. The flat compute model
+    (cluster.compute=ideal) keeps the stage times a closed form: these tests check the pipeline's
+    transfers and straggler scaling (tests/test_compute.py checks the calibrated stage times)."""
     return simulate(**fast(profile="resnet50", train__steps=4, cluster__workers=2, cluster__servers=1,
-                           cluster__gpus_per_worker=2, cluster__gpus_per_machine=gpus_per_machine, **overrides))
+                           cluster__gpus_per_worker=2, cluster__gpus_per_machine=gpus_per_machine,
+                           cluster__compute="ideal", **overrides))
 
 
 def expected_compute(cfg, transport, hops: int, factor: float = 1.0) -> float:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from pssim.cluster.compute import StepCompute, step_compute
 from pssim.cluster.device import Device
 from pssim.cluster.stragglers import Straggler
 
@@ -37,10 +38,11 @@ class StepRecord:
 class Stage:
     """One pipeline stage of a worker: a GPU (its node and device) running a range of profile layers.
 
-    `compute_s` is its ideal share of a step: the device's overhead plus the stage's training FLOPs
-    (6 per forward MAC, for the whole batch) at the device's effective rate; forward takes a third of
-    it and backward two thirds, as `Profile.backward_ready` assumes. `activation_bytes` is what it sends
-    the next stage per step: the batch's output activations of its last layer.
+    `compute_s` is its ideal share of a step: the device's fixed overhead plus its layers' times for
+    the whole batch under `cluster.compute` (pssim/cluster/compute.py; `ideal`: the stage's training
+    FLOPs, 6 per forward MAC, at the device's flat effective rate); forward takes a third of it and
+    backward two thirds, as `Profile.backward_ready` assumes. `activation_bytes` is what it sends the
+    next stage per step: the batch's output activations of its last layer.
     """
 
     index: int
@@ -84,16 +86,16 @@ class Worker:
         self.version = 0
         self.optimizer_state = None
         self.clock = 0
-        precision = ctx.config.cluster.precision
-        self._ideal_s = device.step_time(ctx.workload.batch_flops(), precision)
+        cl = ctx.config.cluster
         profile, batch = ctx.workload.profile, ctx.workload.batch_size
+        # Per-layer times of this worker's batch on its device (measured, model or ideal).
+        self.timing: StepCompute = step_compute(device, profile, cl.precision, batch, cl.compute,
+                                                ctx.config.profile.name, cl.samples_per_s)
         self.stages: tuple[Stage, ...] = tuple(
-            Stage(s, host, device, layers,
-                  device.step_time(6.0 * sum(profile.layers[i].macs for i in layers) * batch, precision),
+            Stage(s, host, device, layers, self.timing.stage_s(layers),
                   batch * profile.layers[layers[-1]].activation_bytes)
             for s, (host, layers) in enumerate(zip(hosts, profile.stages(len(hosts)))))
-        if len(self.stages) > 1:
-            self._ideal_s = sum(st.compute_s for st in self.stages)
+        self._ideal_s = math.fsum(st.compute_s for st in self.stages)
 
     @property
     def shard(self):
@@ -110,8 +112,8 @@ class Worker:
     def step_duration(self) -> float:
         """This step's compute time: the device's time for the batch, slowed by the straggler draw.
 
-        With several stages the ideal time is the sum of the stages' times (activation transfers not
-        included); the draw is taken on it, once per step, as for one GPU.
+        The ideal time is the sum of the stages' times (one stage: the whole step; activation transfers
+        not included); the draw is taken on it, once per step, as for one GPU.
         """
         return self.straggler(self._ideal_s)
 

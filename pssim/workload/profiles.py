@@ -3,8 +3,11 @@
 A profile lists a model's gradient tensors in forward order with their bytes, forward
 multiply-accumulates and output activation bytes per sample; backward order is the reverse. A layer is
 dense (its gradient is a dense tensor) or sparse (an embedding table of `rows` rows whose gradient touches
-only the rows a batch looks up). `Profile.stages(k)` cuts the layers into k pipeline stages of a
-multi-GPU replica. By default the profile is the numerics
+only the rows a batch looks up). Each layer names the op type of its multiply-accumulates (`op`:
+conv3x3, conv, gemm, attention, embedding; a layer mixing types lists the others in `other_ops`) and the
+elements its memory-bound kernels (norms, activations, softmax, dropout, residual adds, embedding
+gathers) produce (`elementwise`): what pssim/cluster/compute.py times. `Profile.stages(k)` cuts the
+layers into k pipeline stages of a multi-GPU replica. By default the profile is the numerics
 model's own (`profile=model`); a preset (resnet50, vgg16, bert_large) lets the small real model keep
 the numerics while time and bytes follow the big one. Presets are generated from the architectures
 themselves, so their totals can be checked against the published counts (REFERENCES.md, Presets):
@@ -22,6 +25,10 @@ BYTES_PER_PARAM = 4  # fp32 gradients on the wire
 
 
 LAYER_KINDS = ("dense", "sparse")
+# Op types of a layer's multiply-accumulates, each with its own kernel efficiency (pssim/cluster/compute.py):
+# 3x3 convolutions (Winograd-eligible), other convolutions (1x1, 7x7), dense matrix products, attention's
+# two L x L products, and embedding lookups (no MACs: their cost is their memory traffic).
+OP_TYPES = ("conv3x3", "conv", "gemm", "attention", "embedding")
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,12 @@ class Layer:
     pipeline stage ending at this layer sends the next stage forward (and receives back as a gradient).
     A `sparse` layer is an embedding table of `rows` rows of `row_bytes` each; a batch's gradient
     touches only the rows it looked up (a dense layer has rows = 0).
+
+    `op` is the op type (OP_TYPES) of the layer's MACs; a layer whose MACs mix types lists the others
+    as (op type, MACs) pairs in `other_ops`, the rest being `op` (`macs_by_op` gives the split; `macs`
+    stays the total). `elementwise` counts, per sample, the output elements of the layer's memory-bound
+    forward kernels, each kernel counted once (batch norm and ReLU on a convolution's output: twice its
+    output). Embedding lookups have no MACs.
     """
 
     name: str
@@ -40,10 +53,23 @@ class Layer:
     activation_bytes: int = 0  # output activations per sample, bytes (fp32)
     kind: str = "dense"
     rows: int = 0  # rows of a sparse layer (its embedding table); 0 for a dense layer
+    op: str = "gemm"  # op type of the MACs not listed in other_ops
+    other_ops: tuple[tuple[str, int], ...] = ()  # (op type, MACs per sample) of the layer's other MACs
+    elementwise: int = 0  # per sample: output elements of the memory-bound kernels, summed over kernels
 
     def __post_init__(self) -> None:
         if self.kind not in LAYER_KINDS:
             raise ValueError(f"layer {self.name}: kind must be one of {LAYER_KINDS}, not {self.kind!r}")
+        for op in (self.op, *(o for o, _ in self.other_ops)):
+            if op not in OP_TYPES:
+                raise ValueError(f"layer {self.name}: op must be one of {OP_TYPES}, not {op!r}")
+        if any(m < 0 for _, m in self.other_ops) or sum(m for _, m in self.other_ops) > self.macs:
+            raise ValueError(f"layer {self.name}: other_ops' MACs must be >= 0 and sum to at most its "
+                             f"{self.macs} MACs")
+        if self.macs_by_op.get("embedding", 0):
+            raise ValueError(f"layer {self.name}: embedding lookups have no MACs")
+        if self.elementwise < 0:
+            raise ValueError(f"layer {self.name}: elementwise must be >= 0, not {self.elementwise}")
         if self.kind == "sparse":
             if self.rows < 1 or self.params % self.rows:
                 raise ValueError(f"sparse layer {self.name}: rows ({self.rows}) must be >= 1 and divide "
@@ -54,6 +80,14 @@ class Layer:
     @property
     def nbytes(self) -> int:
         return self.params * BYTES_PER_PARAM
+
+    @property
+    def macs_by_op(self) -> dict[str, int]:
+        """Forward MACs per sample by op type (types with no MACs left out); they sum to `macs`."""
+        out = {self.op: self.macs - sum(m for _, m in self.other_ops)}
+        for op, m in self.other_ops:
+            out[op] = out.get(op, 0) + m
+        return {op: m for op, m in out.items() if m}
 
     @property
     def sparse(self) -> bool:
@@ -83,6 +117,20 @@ class Profile:
     @property
     def macs(self) -> int:
         return sum(l.macs for l in self.layers)
+
+    @property
+    def macs_by_op(self) -> dict[str, int]:
+        """Forward MACs per sample by op type, over every layer."""
+        out: dict[str, int] = {}
+        for layer in self.layers:
+            for op, m in layer.macs_by_op.items():
+                out[op] = out.get(op, 0) + m
+        return out
+
+    @property
+    def elementwise(self) -> int:
+        """Output elements of the memory-bound kernels per sample, over every layer."""
+        return sum(l.elementwise for l in self.layers)
 
     @property
     def train_flops_per_sample(self) -> float:
@@ -125,11 +173,13 @@ class Profile:
         return tuple(range(a, b) for a, b in zip(cuts, cuts[1:]))
 
 
-def _conv(name: str, k: int, cin: int, cout: int, hw_out: int, norm: bool = True) -> Layer:
+def _conv(name: str, k: int, cin: int, cout: int, hw_out: int, kernels: int = 2) -> Layer:
     """A k x k convolution (no bias) followed by batch norm (weight and bias), as in ResNet; its output
-    is cout x hw_out x hw_out fp32 activations."""
-    return Layer(name, k * k * cin * cout + (2 * cout if norm else 0), k * k * cin * cout * hw_out * hw_out,
-                 cout * hw_out * hw_out * BYTES_PER_PARAM)
+    is cout x hw_out x hw_out fp32 activations, on which `kernels` memory-bound kernels run (batch norm
+    and ReLU: 2; batch norm, residual add and ReLU: 3; batch norm alone: 1). Pooling is not counted."""
+    out = cout * hw_out * hw_out
+    return Layer(name, k * k * cin * cout + 2 * cout, k * k * cin * cout * hw_out * hw_out,
+                 out * BYTES_PER_PARAM, op="conv3x3" if k == 3 else "conv", elementwise=kernels * out)
 
 
 def resnet50() -> Profile:
@@ -143,18 +193,21 @@ def resnet50() -> Profile:
             p = f"layer{stage}.{b}"
             layers += [_conv(f"{p}.conv1", 1, cin, width, hw),
                        _conv(f"{p}.conv2", 3, width, width, out_hw),
-                       _conv(f"{p}.conv3", 1, width, 4 * width, out_hw)]
+                       _conv(f"{p}.conv3", 1, width, 4 * width, out_hw, kernels=3)]
             if b == 0:
-                layers.append(_conv(f"{p}.downsample", 1, cin, 4 * width, out_hw))
+                layers.append(_conv(f"{p}.downsample", 1, cin, 4 * width, out_hw, kernels=1))
             cin, hw = 4 * width, out_hw
-    layers.append(Layer("fc", 2048 * 1000 + 1000, 2048 * 1000, 1000 * BYTES_PER_PARAM))
+    layers.append(Layer("fc", 2048 * 1000 + 1000, 2048 * 1000, 1000 * BYTES_PER_PARAM,
+                        elementwise=1000))  # softmax cross-entropy on the logits
     return Profile("resnet50", tuple(layers))
 
 
 def vgg16() -> Profile:
     """VGG-16 (configuration D), 224 x 224 input, convolutions with biases, three dense layers.
 
-    A convolution's activations are its output at its own resolution (before any max-pooling)."""
+    A convolution's activations are its output at its own resolution (before any max-pooling).
+    Memory-bound kernels: ReLU after each convolution, ReLU and dropout after fc6 and fc7, softmax
+    cross-entropy after fc8 (pooling not counted)."""
     plan = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
     layers, cin, hw = [], 3, 224
     for item in plan:
@@ -162,10 +215,10 @@ def vgg16() -> Profile:
             hw //= 2
             continue
         layers.append(Layer(f"conv{len(layers) + 1}", 9 * cin * item + item, 9 * cin * item * hw * hw,
-                            item * hw * hw * BYTES_PER_PARAM))
+                            item * hw * hw * BYTES_PER_PARAM, op="conv3x3", elementwise=item * hw * hw))
         cin = item
-    for name, fin, fout in [("fc6", 512 * 7 * 7, 4096), ("fc7", 4096, 4096), ("fc8", 4096, 1000)]:
-        layers.append(Layer(name, fin * fout + fout, fin * fout, fout * BYTES_PER_PARAM))
+    for name, fin, fout, kernels in [("fc6", 512 * 7 * 7, 4096, 2), ("fc7", 4096, 4096, 2), ("fc8", 4096, 1000, 1)]:
+        layers.append(Layer(name, fin * fout + fout, fin * fout, fout * BYTES_PER_PARAM, elementwise=kernels * fout))
     return Profile("vgg16", tuple(layers))
 
 
@@ -177,18 +230,27 @@ def bert_large(seq: int = 128, masked: int = 20) -> Profile:
     Activations: the embeddings and every encoder block output seq x hidden per sample; the pooler its
     one [CLS] vector (hidden); the masked-LM head its logits (masked x vocab). Every layer is dense (the
     word embeddings included: this preset pushes them whole).
+    Op types: the embeddings are lookups; an attention block's four projections are GEMMs and its two
+    L x L products (2 seq^2 h MACs) `attention`; the rest GEMMs. Memory-bound kernels per sample: the
+    embeddings' sum, layer norm and dropout (3 x seq h); per attention block softmax and dropout on the
+    16 heads' scores (2 x 16 seq^2) and dropout, residual add and layer norm (3 x seq h); per FFN GELU
+    on seq x ffn and dropout, residual add, layer norm (3 x seq h); the pooler's tanh; the masked-LM
+    head's GELU and layer norm (2 x masked h) and softmax cross-entropy on its logits (masked x vocab).
     """
-    h, ffn, vocab = 1024, 4096, 30522
+    h, ffn, vocab, heads = 1024, 4096, 30522, 16
     tokens = seq * h * BYTES_PER_PARAM
-    layers = [Layer("embeddings", vocab * h + 512 * h + 2 * h + 2 * h, 0, tokens)]
+    layers = [Layer("embeddings", vocab * h + 512 * h + 2 * h + 2 * h, 0, tokens, op="embedding",
+                    elementwise=3 * seq * h)]
     for i in range(24):
         layers += [
-            Layer(f"encoder{i}.attention", 4 * (h * h + h) + 2 * h, seq * 4 * h * h + 2 * seq * seq * h, tokens),
-            Layer(f"encoder{i}.ffn", h * ffn + ffn + ffn * h + h + 2 * h, seq * 2 * h * ffn, tokens),
+            Layer(f"encoder{i}.attention", 4 * (h * h + h) + 2 * h, seq * 4 * h * h + 2 * seq * seq * h, tokens,
+                  other_ops=(("attention", 2 * seq * seq * h),), elementwise=2 * heads * seq * seq + 3 * seq * h),
+            Layer(f"encoder{i}.ffn", h * ffn + ffn + ffn * h + h + 2 * h, seq * 2 * h * ffn, tokens,
+                  elementwise=seq * ffn + 3 * seq * h),
         ]
-    layers.append(Layer("pooler", h * h + h, h * h, h * BYTES_PER_PARAM))
+    layers.append(Layer("pooler", h * h + h, h * h, h * BYTES_PER_PARAM, elementwise=h))
     layers.append(Layer("mlm_head", h * h + h + 2 * h + vocab, masked * (h * h + h * vocab),
-                        masked * vocab * BYTES_PER_PARAM))
+                        masked * vocab * BYTES_PER_PARAM, elementwise=2 * masked * h + masked * vocab))
     return Profile("bert_large", tuple(layers))
 
 
@@ -197,12 +259,13 @@ PROFILES.update(model=None, resnet50=resnet50, vgg16=vgg16, bert_large=bert_larg
 
 
 def from_model(model) -> Profile:
-    """The numerics model's own profile: each weight with its bias as one dense layer, whose activations
-    are its fan_out outputs."""
+    """The numerics model's own profile: each weight with its bias as one dense layer (a GEMM), whose
+    activations are its fan_out outputs, with one memory-bound kernel on them (ReLU, or the last layer's
+    softmax cross-entropy)."""
     layers = []
     for w, b in zip(model.tensors[::2], model.tensors[1::2]):
         layers.append(Layer(w.name.rsplit(".", 1)[0], w.numel + b.numel, w.macs + b.macs,
-                            w.shape[1] * BYTES_PER_PARAM))
+                            w.shape[1] * BYTES_PER_PARAM, op="gemm", elementwise=w.shape[1]))
     return Profile(model.name, tuple(layers))
 
 
