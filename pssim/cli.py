@@ -11,6 +11,7 @@ the composed config, so a misspelt key stops with one line naming the closest re
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import inspect
 import json
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["list"]:
         print(listing(args[1:]))
         return
+    if args[:1] == ["validate"]:
+        validate(args[1:])
+        return
     if "--help" in args or "-h" in args:
         print(help_text())
         return
@@ -129,6 +133,28 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(err))
     sys.argv = [sys.argv[0], *args]
     app()
+
+
+def validate(args: list[str]) -> None:
+    """`pssim validate [--only TEXT] [--write [PATH]]`: run the published setups of pssim/validation.py and
+    print pssim's figure beside each published one (or write the tables into docs/VALIDATION.md)."""
+    import pssim.validation as validation
+
+    parser = argparse.ArgumentParser(prog="pssim validate", description=validate.__doc__)
+    parser.add_argument("--only", default="", help="rows whose section or figure contains this text")
+    parser.add_argument("--write", nargs="?", const="docs/VALIDATION.md", default=None, metavar="PATH",
+                        help="write the tables between the markers of PATH (default docs/VALIDATION.md)")
+    opts = parser.parse_args(args)
+    rows = [r for r in validation.ROWS if opts.only.lower() in f"{r.section} {r.what}".lower()]
+    if not rows:
+        fail(f"--only {opts.only!r} matches no row; sections: "
+             + "; ".join(dict.fromkeys(r.section for r in validation.ROWS)))
+    progress = lambda what: print(f"  running: {what}", file=sys.stderr)  # noqa: E731
+    if opts.write:
+        validation.write(Path(opts.write), rows, progress)
+        print(f"wrote {opts.write}")
+    else:
+        print(validation.tables(rows, progress))
 
 
 def fail(message: str) -> None:

@@ -132,6 +132,28 @@ class NetworkConfig:
 
 
 @dataclass
+class IntraConfig(NetworkConfig):
+    """An intra-node fabric preset (the `intra` group): the GPU-to-GPU links, and each GPU's PCIe link to
+    its host. GPU <-> host copies (CPU memory, the NIC) cross PCIe even where the GPUs talk over NVLink."""
+
+    # Line rate of each GPU's own PCIe link to its host, one direction (PCIe 3/4/5 x16: 128/256/512);
+    # 0: the GPU-to-GPU links are themselves PCIe (a PCIe-only machine) and carry the host traffic too.
+    pcie_gbps: float = 0.0
+    # Fraction of the PCIe line rate a copy reaches (PCIe 3 x16 delivers ~12.5 of its 16 GB/s).
+    pcie_efficiency: float = 0.78
+    # Per-copy overhead (a cudaMemcpy's launch and completion).
+    pcie_latency_us: float = 3.0
+
+    def check(self, group: str, kinds: tuple[str, ...]) -> None:
+        super().check(group, kinds)
+        require(0 <= self.pcie_gbps <= 1e6, f"{group}.pcie_gbps", self.pcie_gbps,
+                "must be in [0, 1e6] Gb/s (0: the intra links are PCIe)")
+        require(0 < self.pcie_efficiency <= 1, f"{group}.pcie_efficiency", self.pcie_efficiency, "must be in (0, 1]")
+        require(0 <= self.pcie_latency_us <= 1e6, f"{group}.pcie_latency_us", self.pcie_latency_us,
+                "must be in [0, 1e6] us")
+
+
+@dataclass
 class TopologyConfig:
     """Base schema of a topology (star, two_tier, leaf_spine subclass it in pssim/network/topology.py)."""
 
@@ -253,7 +275,7 @@ class Config:
     seed: int = 0
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     network: NetworkConfig = MISSING
-    intra: NetworkConfig = MISSING
+    intra: IntraConfig = MISSING
     topology: TopologyConfig = MISSING
     profile: ProfileConfig = MISSING
     stragglers: StragglerConfig = MISSING

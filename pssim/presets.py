@@ -58,6 +58,8 @@ def register_schemas() -> None:
         cs.store(group="faults", name=f"{name}_schema", node=schema)
     if not OmegaConf.has_resolver("pssim_suffix"):
         OmegaConf.register_new_resolver("pssim_suffix", lambda s: f"_{s}" if s else "")
+    if not OmegaConf.has_resolver("pssim_machines"):  # experiments: one CPU machine per GPU machine
+        OmegaConf.register_new_resolver("pssim_machines", lambda gpus, per_machine: max(1, -(-gpus // per_machine)))
 
 
 def preset_names(group: str) -> list[str]:

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from pssim.cluster.device import DEVICES
-from pssim.cluster.layout import Layout
+from pssim.cluster.layout import Layout, pcie_link
 from pssim.cluster.stragglers import make_stragglers
 from pssim.cluster.worker import Worker
 from pssim.comm.ps import ParameterServers, shard_keys, shard_ranges
@@ -59,7 +59,7 @@ class Simulation:
                               c.cluster.servers if policy_cls.uses_servers else 0, gpus_per_worker=k)
         cluster = Cluster(layout, Transport.from_config(c.network).bonded(c.cluster.nics_per_machine),
                           Transport.from_config(c.intra))
-        self.topology = layout.topology(c.topology, cluster.nic, cluster.intra)
+        self.topology = layout.topology(c.topology, cluster.nic, cluster.intra, pcie_link(c.intra))
         network = FlowNetwork(env, self.topology)
         network.record = c.output.trace
 

@@ -17,7 +17,7 @@ LAYERS = {
     "pssim.context": 5,
     "pssim.policies": 6,
     "pssim.simulation": 7, "pssim.faults": 7,
-    "pssim.presets": 8, "pssim.api": 8, "pssim.testing": 8, "pssim": 10,
+    "pssim.presets": 8, "pssim.api": 8, "pssim.testing": 8, "pssim.validation": 8, "pssim": 10,
     "pssim.__main__": 9, "pssim.cli": 9,
 }
 HYDRA_ALLOWED = {"pssim.presets", "pssim.cli"}

@@ -61,7 +61,7 @@ def test_help_shows_pssims_groups_and_keys_with_their_descriptions():
     proc = pssim("--help")
     assert proc.returncode == 0 and "powered by Hydra" not in proc.stdout
     assert "cluster.workers = 4" in proc.stdout and "Data-parallel workers" in proc.stdout
-    assert "policy.credit = 4" in proc.stdout and "under +policy=byteps" in proc.stdout
+    assert "policy.credit = None" in proc.stdout and "under +policy=byteps" in proc.stdout
     for group in ("policy", "network", "stragglers"):
         assert f"  {group}" in proc.stdout
 

@@ -133,7 +133,8 @@ def test_an_async_worker_crash_loses_only_its_in_flight_gradient(policy, phase):
 
 def test_an_allreduce_member_crash_restarts_the_step_after_the_restart_and_changes_no_math():
     steps = 20
-    common = fast(cluster__workers=4, train__steps=steps, network="rdma_100g")
+    # Without Horovod's cycle grid every step takes the same time T, which the closed form needs.
+    common = fast(cluster__workers=4, train__steps=steps, network="rdma_100g", policy__cycle_ms=0)
     free = run(policy="allreduce", **common)
     T = free.summary["sim_time_s"] / steps
     k, t, d = 7, 7 * T + 0.3 * T, 50 * T

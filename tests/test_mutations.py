@@ -88,7 +88,9 @@ def test_allreduce_sends_one_ring_flow_per_fusion_buffer(threshold):
     successor as one flow. So worker0's uplink carries, per step, one flow of 2(n-1)M/n per buffer, in
     backward order. None: allreduce's default threshold, Horovod's 64 MiB (ResNet-50: 2 buffers)."""
     n, steps = 4, 2
-    overrides = {} if threshold is None else {"policy.fusion_bytes": threshold}
+    # The ideal ring without Horovod's cycle: one ring flow per buffer and link, buffers cut by size alone.
+    overrides = {"policy.algorithm": "ideal_ring", "policy.cycle_ms": 0,
+                 **({} if threshold is None else {"policy.fusion_bytes": threshold})}
     result = simulate(**fast(policy="allreduce", profile="resnet50", cluster__workers=n, train__steps=steps,
                              train__numerics=False, output__trace=True, output__trace_steps=0), **overrides)
     expected = buffers_by_hand(64 * MIB if threshold is None else threshold)

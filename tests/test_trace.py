@@ -150,12 +150,13 @@ def test_spans_on_every_track_nest_and_every_track_is_needed(policy, shape):
 def test_the_lanes_are_needed():
     """What one track per worker, server and link would break: allreduce's communication overlaps the
     compute of the same step, BytePS's 2-core summation services run two things at once and its links
-    carry several flows at once."""
+    carry several flows at once (two server instances: each machine has two connections to the CPU
+    machine, whose link carries all four)."""
     sim, trace = traced("allreduce", **SHAPES["4-gpu-machines"])
     steps = sim.ctx.recorder.steps
     assert any(r.comm_start < r.compute_end < r.comm_end for r in steps)
 
-    sim, trace = traced("byteps", **SHAPES["4-gpu-machines"])
+    sim, trace = traced("byteps", **SHAPES["4-gpu-machines"], policy__server_instances=2)
     threads, _, _ = read(trace)
     assert max(len(lanes) for lanes in lanes_of(threads, SERVERS, "core").values()) == 2
     assert max(len(lanes) for lanes in lanes_of(threads, LINKS, "flow").values()) >= 4

@@ -7,10 +7,14 @@ where they fit and otherwise continue on the next one.
 
 With one GPU per machine the GPU is the machine's network endpoint (host `worker<i>`, as in a plain PS
 cluster; with k > 1 stage s of worker i is host `worker<i>.stage<s>`). With g > 1 GPUs per machine,
-machine j is a node `machine<j>` (its CPU and NIC) and GPU l of it is `machine<j>.gpu<l>`, joined to its
-machine by an intra-node link (NVLink or PCIe) of the same flow model: traffic between two GPUs of a
-machine crosses two intra-node links and never the NIC; traffic leaving the machine crosses one
-intra-node link and then the NIC.
+machine j is a node `machine<j>` (its CPU, memory and NIC) and GPU l of it is `machine<j>.gpu<l>`:
+- PCIe-only machines (an `intra` preset without `pcie_gbps`): each GPU joins its machine by one PCIe
+  link; GPU-to-GPU traffic crosses two of them (through the host), host and NIC traffic one.
+- NVLink machines: each GPU joins a switch `machine<j>.nvlink` by its NVLink (an NVSwitch-like fabric:
+  every GPU has its full NVLink bandwidth) and its machine by its own PCIe link (`intra.pcie_gbps`).
+  GPU-to-GPU traffic crosses two NVLinks; GPU <-> host copies and traffic leaving the machine cross the
+  GPU's PCIe link (PCIe links cost 2 in routing, so no GPU-to-GPU route goes through the host).
+Either way intra-machine traffic never touches the NIC, and all links follow the same flow model.
 """
 
 from __future__ import annotations
@@ -18,7 +22,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pssim.network.topology import Topology
-from pssim.network.transport import Transport
+from pssim.network.transport import GBPS, Transport
+
+PCIE_ROUTE_COST = 2.0  # > 1: two GPUs of a machine talk over NVLink (2 hops), never through the host (4)
+
+
+def pcie_link(intra) -> Transport | None:
+    """Each GPU's PCIe link to its host, from an `intra` preset (an IntraConfig); None on PCIe-only
+    machines (`pcie_gbps` 0), whose intra links are PCIe already."""
+    if not getattr(intra, "pcie_gbps", 0):
+        return None
+    return Transport(name=f"{intra.name}-pcie", kind="pcie", bandwidth=intra.pcie_gbps * GBPS,
+                     efficiency=intra.pcie_efficiency, latency_s=intra.pcie_latency_us * 1e-6, hop_latency_s=0.0,
+                     flow_cap=float("inf"), cpu_s_per_byte=0.0)
 
 
 @dataclass(frozen=True)
@@ -82,11 +98,18 @@ class Layout:
         g, k = self.gpus_per_machine, self.gpus_per_worker
         return range(-(-machine * g // k), -(-(machine + 1) * g // k))
 
-    def topology(self, topo_cfg, nic: Transport, intra: Transport) -> Topology:
-        """The network of NICs (star or racks) plus, with g > 1, each GPU's intra-node link."""
+    def topology(self, topo_cfg, nic: Transport, intra: Transport, pcie: Transport | None = None) -> Topology:
+        """The network of NICs (star or racks) plus, with g > 1, each GPU's intra-node links: `intra` to
+        its machine (PCIe-only machines, `pcie` None), or `intra` to the machine's NVLink switch and
+        `pcie` to its machine (module docstring)."""
         topo = topo_cfg.build(self.endpoints, nic)
         if self.gpus_per_machine > 1:
             for i, gpu in enumerate(self.gpus):
-                topo.add_duplex(gpu, self.machines[self.machine_of_gpu(i)], intra)
+                machine = self.machines[self.machine_of_gpu(i)]
+                if pcie is None:
+                    topo.add_duplex(gpu, machine, intra)
+                else:
+                    topo.add_duplex(gpu, f"{machine}.nvlink", intra)
+                    topo.add_duplex(gpu, machine, pcie, cost=PCIE_ROUTE_COST)
             topo.hosts += list(self.gpus)
         return topo

@@ -1,4 +1,8 @@
-"""Collectives over the flow network: ring all-reduce and its halves, inside and across machines.
+"""Ideal collectives over the flow network: ring all-reduce and its halves, inside and across machines.
+
+These are the closed-form models (one flow per ring hop, no channels, sockets or launch costs), used by
+BytePS's and Herring's local reduce and by `policy.algorithm=ideal_ring`; NCCL as it runs (channels,
+TCP sockets, Ring or Tree) is pssim/comm/nccl.py.
 
 A ring phase of r rounds, in each of which every member sends one chunk to its successor, is
 pipelined as NCCL does: member i streams its r chunks to member i+1 as one flow that pays the

@@ -5,20 +5,50 @@ returns the sum to every machine (BytePS's summation service, Herring's servers)
     summed.landed                                       # fires when they are there (a network event)
     yield summed                                        # the sum of every machine's push is back at src
 
-A push's bytes cross the network to the service, which adds them on one of its `cores` CPU cores
-(FIFO behind earlier work) for nbytes * (sum + transport) seconds, transport only if they came over
-the network. Once the pushes of `key` from all `machines` are added, the service sends the sum to each
-machine in `machines` order, paying nbytes * transport of CPU before each remote send. So one remote
-push on an idle service, alone in the network, takes
-    2 * (latency + nbytes / bandwidth) + nbytes * (sum + 2 * transport).
+A push's bytes cross the network to the service, which adds them on one of its `cores` CPU threads
+(FIFO behind earlier work) for message + nbytes * (sum + transport) seconds, transport only if they
+came over the network. Once the pushes of `key` from all `machines` are added, the service sends the
+sum to each machine in `machines` order, paying message (+ nbytes * transport for a remote machine) of
+CPU before each send. `message` is the fixed cost of handling one message (receiving or sending a
+shard: the messaging stack, the bookkeeping, launching the sum), so a service that handles many small
+shards is bound by its threads, not its bytes. So one remote push on an idle service, alone in the
+network, takes
+    2 * (latency + nbytes / bandwidth) + 2 * message + nbytes * (sum + 2 * transport).
+Messages travel as `carrier.send(src, dst, nbytes, tag)`: the network itself (each message its own
+flow) or `pssim.comm.connections.Connections` (each peer's messages one at a time, in order).
 If the push or the return fails in the network (a link down), the push's event fails with that error.
 """
 
 from __future__ import annotations
 
+import heapq
+
 import simpy
 
-from pssim.comm.server import Cpu
+
+class Threads:
+    """A service's CPU threads: work items run first come, first served on the first thread free.
+
+    Each item's duration is known when it is submitted, so its start is set at once, max(now, the
+    earliest time a thread frees), with no queue of waiting processes: the same schedule as a FIFO
+    SimPy resource of `threads` servers, at O(log threads) per item however many wait (a server at
+    scale holds thousands of shards). `busy` logs (start, end, what) for the trace, as `Cpu` does.
+    """
+
+    def __init__(self, env: simpy.Environment, host: str, threads: int):
+        self.env = env
+        self.host = host
+        self._free = [env.now] * threads  # a heap of the times each thread is next free
+        self.busy: list[tuple[float, float, str]] = []
+
+    def work(self, seconds: float, what: str):
+        """Run `seconds` of work on the first free thread (a generator: returns when it is done)."""
+        start = max(self.env.now, heapq.heappop(self._free))
+        end = start + seconds
+        heapq.heappush(self._free, end)
+        self.busy.append((start, end, what))
+        if end > self.env.now:
+            yield self.env.timeout(end - self.env.now)
 
 
 class Push(simpy.Event):
@@ -32,17 +62,20 @@ class Push(simpy.Event):
 
 
 class SummationService:
-    """Sums, never optimizes. Adding a push costs `sum_s_per_byte` of CPU, plus `transport_s_per_byte`
-    when it came over the network; returning the sum to another machine costs `transport_s_per_byte`."""
+    """Sums, never optimizes. Adding a push costs `message_s` plus `sum_s_per_byte` of CPU per byte, plus
+    `transport_s_per_byte` when it came over the network; returning the sum costs `message_s`, plus
+    `transport_s_per_byte` per byte to another machine. `cores` threads work at once."""
 
     def __init__(self, env, network, host: str, cores: int, sum_s_per_byte: float, transport_s_per_byte: float,
-                 tag: str):
+                 tag: str, message_s: float = 0.0, carrier=None, name: str | None = None):
         self.env = env
         self.network = network
+        self.carrier = network if carrier is None else carrier
         self.host = host
-        self.cpu = Cpu(env, host, cores)
+        self.cpu = Threads(env, name or host, cores)  # `name`: the CPU's name in the trace (default the host)
         self.sum_cpu = sum_s_per_byte
         self.transport_cpu = transport_s_per_byte
+        self.message_cpu = message_s
         self.tag = tag
         self._arrived: dict[object, int] = {}  # key -> pushes added so far
         self._pushes: dict[object, dict[str, Push]] = {}  # key -> machine -> its push, until the sum is back
@@ -56,7 +89,7 @@ class SummationService:
         pushes = self._pushes.setdefault(key, {})
         if src in pushes:
             raise ValueError(f"{src} pushed {key!r} twice before its sum came back")
-        landed = self.network.send(src, self.host, nbytes, tag or f"{self.tag}-push")
+        landed = self.carrier.send(src, self.host, nbytes, tag or f"{self.tag}-push")
         summed = pushes[src] = Push(self.env, key, src, landed)
         landed.callbacks.append(lambda event: self._landed(event, summed, nbytes, machines))
         return summed
@@ -72,7 +105,7 @@ class SummationService:
     def _add(self, key, src: str, nbytes: float, machines: list[str]):
         """Add src's push of `key` on a core; the last machine's push sends the sum to every machine."""
         remote = src != self.host
-        yield from self.cpu.work(nbytes * (self.sum_cpu + remote * self.transport_cpu), "sum")
+        yield from self.cpu.work(self.message_cpu + nbytes * (self.sum_cpu + remote * self.transport_cpu), "sum")
         self._arrived[key] = self._arrived.get(key, 0) + 1
         if self._arrived[key] == len(machines):
             del self._arrived[key]
@@ -81,9 +114,10 @@ class SummationService:
                 self.env.process(self._return(host, nbytes, pushes[host]))
 
     def _return(self, host: str, nbytes: float, summed: Push):
-        if host != self.host:
-            yield from self.cpu.work(nbytes * self.transport_cpu, "send")
-        self.network.send(self.host, host, nbytes, f"{self.tag}-pull").callbacks.append(
+        remote = host != self.host
+        if remote or self.message_cpu > 0:
+            yield from self.cpu.work(self.message_cpu + remote * nbytes * self.transport_cpu, "send")
+        self.carrier.send(self.host, host, nbytes, f"{self.tag}-pull").callbacks.append(
             lambda event: _settle(summed, event))
 
 

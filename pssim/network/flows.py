@@ -3,65 +3,231 @@
 A message of S bytes from a to b first pays its route's latency (propagation of every link plus the
 transport's per-message overhead), then becomes a flow over the route's links. All active flows share
 every link max-min fairly (progressive filling, with each flow's own rate cap as one more constraint);
-rates are recomputed, for the flows connected to the change only, when a flow starts or ends or a link's
-capacity changes. One SimPy process owns the flows and sleeps until the next completion; a new flow or a
-capacity change wakes it by triggering an event (no per-flow processes, no interrupts, no per-packet
-events).
+rates are recomputed when a flow starts or ends or a link's capacity changes. One SimPy process owns the
+flows and sleeps until the next completion; a new flow or a capacity change wakes it by triggering an
+event (no per-flow processes, no interrupts, no per-packet events).
 
 A pipelined ring phase sends its r messages as one flow (`send(..., messages=r)`): one latency before
 the first byte moves, the other r-1 after the last byte lands, so it shares its links from the moment
 its first message could.
 
 Failures. `set_capacity` (and `set_link_capacity`, `fail_link`, `restore_link`) change a link's capacity
-mid-run: every flow is advanced to now at its old rate and the link's component is reshared at once. A
-link at capacity zero is down: each flow crossing it leaves the network and its event fails with
-`LinkDown` (the survivors are reshared and speed up), as does a flow still paying its latency when it
-finds a down link on its route. Routes avoid down links; a send with no route of up links fails with
-`NoRoute`. So once links can fail, whoever yields on a send's event must expect these exceptions
-(SimPy stops the run on a failed event that nobody handles). A failed flow's bytes so far count in
-`link_bytes` (the links carried them) but not as sent, received or delivered. A ring flow whose last
-byte has landed is delivered: a link failure during its trailing latency does not touch it.
+mid-run: every flow is advanced to now at its old rate and the flows are reshared at once. A link at
+capacity zero is down: each flow crossing it leaves the network and its event fails with `LinkDown`
+(the survivors are reshared and speed up), as does a flow still paying its latency when it finds a down
+link on its route. Routes avoid down links; a send with no route of up links fails with `NoRoute`. So
+once links can fail, whoever yields on a send's event must expect these exceptions (SimPy stops the run
+on a failed event that nobody handles). A failed flow's bytes so far count in `link_bytes` (the links
+carried them) but not as sent, received or delivered. A ring flow whose last byte has landed is
+delivered: a link failure during its trailing latency does not touch it.
 
 Capacities are state of the topology's `Link`s, shared by every network built on that topology;
-change them through the one `FlowNetwork` that carries the traffic, which also drops its route cache.
+change them through the one `FlowNetwork` that carries the traffic, which also drops its route cache
+(it keeps each link's capacity in an array, read when the link first carries a flow and updated by its
+own capacity changes).
+
+Representation (for speed at thousands of GPUs; the numbers are the model's, not the layout's). The
+active flows live in numpy arrays indexed by slot: bytes remaining, rate, cap, admission number and the
+ids of the links they cross (one row per slot, padded with link 0, a link of infinite capacity that
+no flow uses); links are numbered as they first carry a flow, with their capacity, number of active
+flows and busy time in arrays too. A `Flow` is a handle on its slot while active (its `rate` and
+`remaining` read the arrays) and keeps its last values once it leaves. So every event costs a few
+numpy passes over the active flows rather than Python loops: moving every flow to now, finding the
+next completion, retiring the flows that landed, and the sharing itself (`max_min_rates`: water-filling
+that freezes every flow of every link tied at the smallest share at once; the max-min fair allocation
+is unique, so this gives progressive filling's rates up to rounding). All the flows are reshared at
+each change: max-min sharing decomposes over connected components, so flows away from the change keep
+their rates (to the last bit or so), and finding the component costs as much as resharing it.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import defaultdict
-from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import simpy
 
 from pssim.network.errors import LinkDown, NoRoute
 from pssim.network.topology import Link, Topology, check_capacity
 
+_INF = math.inf
+_SMALL = 16  # at most this many active flows: share them in plain Python (`water_fill_small`)
 
-@dataclass(eq=False)
+
+def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, count: np.ndarray | None = None,
+                  active: np.ndarray | None = None) -> np.ndarray:
+    """Max-min fair rates of n flows: progressive filling over their links, with per-flow caps.
+
+    routes: (w, n) integer link ids, one column per flow (its route's links, each once), padded with
+    link 0 (padding: whatever its capacity, no flow is constrained by it). caps: (n,) each flow's own
+    most bytes/s (inf: none; 0 allowed). capacity: (L,) bytes/s of each link id. count: (L,) how many
+    active flows cross each link (computed if not given). active: (n,) which columns are flows (the
+    others get rate 0; all if not given). Every active flow must cross a link.
+
+    Water-filling: while flows are unfrozen, a link's share is its spare capacity over its unfrozen
+    flows; with m the smallest share (0 if rounding made it negative), freeze at their caps all the
+    unfrozen flows whose cap is below m (freezing a flow below m only raises the shares of its links,
+    so they may all go at once), else freeze at m every unfrozen flow crossing a link whose share is m
+    (a tied link's share stays m whichever of them goes first). The max-min fair allocation is
+    unique, so these are progressive filling's rates up to rounding. Rounds: one per distinct level
+    of rates, not one per link; once most flows are frozen, the rest are carried on alone.
+    """
+    width, n = routes.shape
+    links = len(capacity)
+    rates = np.zeros(n)
+    free = np.ones(n, dtype=bool) if active is None else np.array(active, dtype=bool)
+    left = int(np.count_nonzero(free))
+    if not left:
+        return rates
+    if count is None:
+        count = np.bincount(routes[:, free].ravel(), minlength=links)
+    spare = np.array(capacity, dtype=np.float64)
+    count = count.astype(np.float64)
+    count[0] = 0.0
+    index = None  # the columns' positions in the caller's arrays, once frozen columns are dropped
+    capped = free & (caps < _INF)
+    any_capped = bool(capped.any())
+    share = np.empty(links)
+    while True:
+        share.fill(_INF)
+        np.divide(spare, count, out=share, where=count > 0)
+        lowest = share.min()
+        if lowest == _INF:
+            raise ValueError("an active flow crosses no link")
+        level = lowest if lowest > 0.0 else 0.0
+        rate = None
+        if any_capped:
+            frozen = capped & (caps < level)
+            if frozen.any():
+                rate = caps[frozen]
+        if rate is None:
+            bottleneck = share == lowest
+            bottleneck[0] = False
+            frozen = bottleneck[routes[0]]
+            for hop in range(1, width):
+                frozen |= bottleneck[routes[hop]]
+            frozen &= free
+            rate = level
+        if index is None:
+            rates[frozen] = rate
+        else:
+            rates[index[frozen]] = rate
+        frozen_now = int(np.count_nonzero(frozen))
+        if not frozen_now:
+            raise AssertionError("water-filling froze no flow")  # cannot happen: a bottleneck has flows
+        left -= frozen_now
+        if not left:
+            return rates
+        free &= ~frozen
+        if any_capped:
+            capped &= free
+            any_capped = bool(capped.any())
+        hops = routes[:, frozen].ravel()
+        used = np.bincount(hops, minlength=links)
+        if isinstance(rate, np.ndarray):
+            spare -= np.bincount(hops, np.tile(rate, width), minlength=links)
+        else:
+            spare -= used * rate
+        count -= used
+        count[0] = 0.0
+        if 2 * left < len(free):  # most columns are frozen: carry only the free ones on
+            keep = np.flatnonzero(free)
+            index = keep if index is None else index[keep]
+            routes, caps, capped, free = routes[:, keep], caps[keep], capped[keep], free[keep]
+
+
+def water_fill_small(routes: list[tuple[int, ...]], caps: list[float], capacity) -> list[float]:
+    """`max_min_rates` in plain Python, for a handful of flows (a few numpy calls cost more): the same
+    rounds, with each flow's route a tuple of link ids (no padding) and capacity indexable by id."""
+    spare: dict[int, float] = {}
+    count: dict[int, int] = {}
+    for route in routes:
+        for link in route:
+            if link in count:
+                count[link] += 1
+            else:
+                count[link] = 1
+                spare[link] = capacity[link]
+    rates = [0.0] * len(routes)
+    free = list(range(len(routes)))
+    any_capped = any(cap < _INF for cap in caps)
+    while free:
+        lowest = min(spare[link] / k for link, k in count.items() if k)
+        level = lowest if lowest > 0.0 else 0.0
+        frozen = [i for i in free if caps[i] < level] if any_capped else None
+        if frozen:
+            for i in frozen:
+                rate = rates[i] = caps[i]
+                for link in routes[i]:
+                    spare[link] -= rate
+                    count[link] -= 1
+        else:
+            bottleneck = {link for link, k in count.items() if k and spare[link] / k == lowest}
+            frozen = [i for i in free if not bottleneck.isdisjoint(routes[i])]
+            for i in frozen:
+                rates[i] = level
+                for link in routes[i]:
+                    spare[link] -= level
+                    count[link] -= 1
+        if not frozen:
+            raise AssertionError("water-filling froze no flow")  # cannot happen: a bottleneck has flows
+        gone = set(frozen)
+        free = [i for i in free if i not in gone]
+    return rates
+
+
 class Flow:
     """One message in flight (or the r messages of a pipelined ring phase).
 
     `start` is when its first byte moves (after one latency), `end` when its last byte lands or it
     failed; `done` fires `tail` seconds after `end` (the latency of the phase's r-1 later messages).
+    While the flow moves bytes, `rate` and `remaining` are read from its network's arrays.
     """
 
-    src: str
-    dst: str
-    size: float
-    tag: str
-    links: tuple[Link, ...]
-    cap: float
-    done: simpy.Event
-    submitted: float
-    start: float = float("nan")
-    end: float = float("nan")
-    remaining: float = 0.0
-    rate: float = 0.0
-    tail: float = 0.0
-    error: Exception | None = None  # why it failed (LinkDown), None while it has not
+    __slots__ = ("src", "dst", "size", "tag", "links", "cap", "done", "submitted", "start", "end", "tail",
+                 "error", "_remaining", "_rate", "_net", "_slot", "_ids")
+
+    def __init__(self, src: str, dst: str, size: float, tag: str, links: tuple[Link, ...], cap: float,
+                 done: simpy.Event, submitted: float, start: float = math.nan, end: float = math.nan,
+                 remaining: float = 0.0, rate: float = 0.0, tail: float = 0.0,
+                 error: Exception | None = None):
+        self.src, self.dst, self.size, self.tag, self.links, self.cap = src, dst, size, tag, links, cap
+        self.done, self.submitted, self.start, self.end, self.tail = done, submitted, start, end, tail
+        self.error = error  # why it failed (LinkDown), None while it has not
+        self._remaining, self._rate = remaining, rate
+        self._net: FlowNetwork | None = None  # the network whose arrays hold it while active
+        self._slot = -1
+        self._ids = None
+
+    @property
+    def remaining(self) -> float:
+        """Bytes still to move (as of the network's last advance)."""
+        return float(self._net._rem[self._slot]) if self._slot >= 0 else self._remaining
+
+    @remaining.setter
+    def remaining(self, value: float) -> None:
+        if self._slot >= 0:
+            self._net._rem[self._slot] = value
+        else:
+            self._remaining = value
+
+    @property
+    def rate(self) -> float:
+        """Bytes/s now: the max-min fair share while active, the last one once landed, 0 once failed."""
+        return float(self._net._rate[self._slot]) if self._slot >= 0 else self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        if self._slot >= 0:
+            self._net._rate[self._slot] = value
+        else:
+            self._rate = value
+
+    def __repr__(self) -> str:
+        return (f"Flow({self.src!r}->{self.dst!r}, size={self.size!r}, tag={self.tag!r}, "
+                f"remaining={self.remaining!r}, rate={self.rate!r}, start={self.start!r}, end={self.end!r})")
 
 
 class FlowNetwork:
@@ -71,24 +237,49 @@ class FlowNetwork:
         self.env = env
         self.topology = topology
         self.link_bytes: dict[Link, float] = defaultdict(float)  # bytes each link carried, failed flows' too
-        self.link_busy_s: dict[Link, float] = defaultdict(float)
         self.completed: list[Flow] = []  # kept while `record` is on (for the trace)
         # While `record` is on: (time, link name, bytes/s allocated on it, its capacity) each time a
         # link's total allocated rate or capacity changes (the trace's utilisation counters); a link's
         # entries are in time order. Names, not links: a log of plain values costs the GC nothing.
         self.rate_log: list[tuple[float, str, float, float]] = []
-        self._logged: dict[Link, tuple[float, float]] = {}  # each link's last (rate, capacity) in rate_log
         self.failed: list[Flow] = []  # flows that a link going down ended (always kept: they are rare)
         self.record = True
         self.bytes_delivered = 0.0  # every completed message, recorded or not
         self.sent: dict[str, float] = defaultdict(float)  # bytes of completed messages, by source
         self.received: dict[str, float] = defaultdict(float)  # and by destination
         self._flows: dict[Flow, None] = {}  # active flows, in admission order
-        self._on_link: dict[Link, dict[Flow, None]] = {}  # the active flows on each busy link
-        self._changed: set[Link] = set()  # links whose flows or capacity changed since the last allocation
+        # Links, by id (0: the padding of the hop rows), and per link id: capacity, active flows, busy
+        # seconds, and its last (rate, capacity) in rate_log (logged: whether it has one).
+        self._link_id: dict[Link, int] = {}
+        self._links: list[Link | None] = [None]
+        self._lcap = np.full(8, _INF)
+        self._capacity: list[float] = [_INF]  # the same, as a list (for the small-instance path)
+        self._lcount = np.zeros(8, dtype=np.int64)
+        self._busy = np.zeros(8)
+        self._log_rate = np.zeros(8)
+        self._log_cap = np.zeros(8)
+        self._logged = np.zeros(8, dtype=bool)
+        self._busy_view: defaultdict[Link, float] | None = None
+        self._log_open: set[int] = set()  # links whose last rate_log entry has a rate above 0
+        self._cap_changed: set[int] = set()  # links whose capacity changed since the last entries
+        # Flows, by slot: bytes remaining, rate, cap, admission number, alive, link ids (rows padded with 0).
+        self._rem = np.zeros(0)
+        self._rate = np.zeros(0)
+        self._fcap = np.zeros(0)
+        self._seq = np.zeros(0, dtype=np.int64)
+        self._alive = np.zeros(0, dtype=bool)
+        self._hops = np.zeros((4, 0), dtype=np.intp)  # (hops, slots)
+        self._slot_flow: list[Flow | None] = []
+        self._free: list[int] = []  # free slots, the lowest last
+        self._pending: list[Flow] = []  # admitted at this instant, not yet in the arrays (rate 0)
+        self._admitted = 0
+        self._dirty = False  # flows or capacities changed since the last allocation
         self._last = env.now
         self._wake = env.event()
         self._paths = lru_cache(maxsize=None)(self._paths_uncached)
+        # Timeout callbacks, bound once: a lambda per flow would be one more object for the GC to track.
+        self._admit_after_latency = lambda event: self._admit(event.value)
+        self._deliver_after_tail = lambda event: event.value.done.succeed(event.value)
         env.process(self._run())
 
     # -- public -------------------------------------------------------------------------------------
@@ -120,9 +311,9 @@ class FlowNetwork:
     def set_capacity(self, link: Link, bytes_per_s: float) -> None:
         """Change one directed link's usable bytes/s now; 0 takes it down (see the module docstring).
 
-        Every flow moves to now at its old rate, then the link's component is reshared at once. Taking
-        the link down fails the flows crossing it with `LinkDown` and reroutes later sends around it;
-        a capacity above zero brings it back into routing.
+        Every flow moves to now at its old rate, then the flows are reshared at once. Taking the link
+        down fails the flows crossing it with `LinkDown` and reroutes later sends around it; a
+        capacity above zero brings it back into routing.
         """
         self._set_capacities([(link, bytes_per_s)])
 
@@ -152,23 +343,51 @@ class FlowNetwork:
         """The flows moving bytes now (their `rate` is the current max-min fair share)."""
         return list(self._flows)
 
+    @property
+    def link_busy_s(self) -> defaultdict[Link, float]:
+        """Seconds each link carried at least one flow (links that never did: absent, or 0)."""
+        if self._busy_view is None:
+            busy = self._busy
+            self._busy_view = defaultdict(float, ((self._links[i], float(busy[i]))
+                                                  for i in np.flatnonzero(busy[:len(self._links)] > 0)))
+        return self._busy_view
+
     # -- sending ------------------------------------------------------------------------------------
-    def _paths_uncached(self, src: str, dst: str) -> tuple[tuple[tuple[Link, ...], float, float], ...]:
-        """(links, per-message latency, flow cap) of each path a message from src to dst uses.
+    def _paths_uncached(self, src: str, dst: str):
+        """(links, per-message latency, flow cap, link ids) of each path a message from src to dst uses.
         Raises `NoRoute` when no path of up links joins them (not cached: a link may come back)."""
         links = self.topology.route(src, dst) if src != dst else ()
         paths = self.topology.routes(src, dst) if any(l.transport.multipath for l in links) else (links,)
-        return tuple((p, self.latency(p), min((l.transport.flow_cap for l in p), default=math.inf))
-                     for p in paths)
+        return tuple((p, self.latency(p), min((l.transport.flow_cap for l in p), default=math.inf),
+                      tuple(self._id(l) for l in p)) for p in paths)
+
+    def _id(self, link: Link) -> int:
+        """The link's id in the arrays (numbered as links first appear on a route)."""
+        lid = self._link_id.get(link)
+        if lid is None:
+            lid = self._link_id[link] = len(self._links)
+            self._links.append(link)
+            if lid >= len(self._lcap):
+                grow = len(self._lcap)
+                self._lcap = np.concatenate([self._lcap, np.full(grow, _INF)])
+                self._lcount = np.concatenate([self._lcount, np.zeros(grow, dtype=np.int64)])
+                self._busy = np.concatenate([self._busy, np.zeros(grow)])
+                self._log_rate = np.concatenate([self._log_rate, np.zeros(grow)])
+                self._log_cap = np.concatenate([self._log_cap, np.zeros(grow)])
+                self._logged = np.concatenate([self._logged, np.zeros(grow, dtype=bool)])
+            self._lcap[lid] = link.capacity
+            self._capacity.append(link.capacity)
+        return lid
 
     def _start(self, src: str, dst: str, nbytes: float, tag: str, path, messages: int) -> simpy.Event:
         """One flow on one path: admitted after one latency; the other messages' latency is its tail."""
-        links, latency, cap = path
+        links, latency, cap, ids = path
         done = self.env.event()
         flow = Flow(src, dst, float(nbytes), tag, links, cap, done, submitted=self.env.now,
                     remaining=float(nbytes), tail=latency * max(messages - 1, 0))
+        flow._ids = ids  # the links' ids, a tuple
         if latency > 0:
-            self.env.timeout(latency).callbacks.append(lambda _event: self._admit(flow))
+            self.env.timeout(latency, flow).callbacks.append(self._admit_after_latency)
         else:
             self._admit(flow)
         return done
@@ -190,13 +409,65 @@ class FlowNetwork:
         if flow.size <= 0 or not flow.links:
             self._finish([flow])
             return
-        self._advance()
-        flow.rate = 0.0
         self._flows[flow] = None
-        for link in flow.links:
-            self._on_link.setdefault(link, {})[flow] = None
-        self._changed.update(flow.links)
+        self._pending.append(flow)  # it joins the arrays at the next advance, at this instant
+        self._dirty = True
         self._wake_up()  # the network process reallocates once, after every flow of this instant
+
+    def _join(self) -> None:
+        """Put the flows admitted since the last advance into the arrays, at rate 0, in admission order."""
+        flows, self._pending = self._pending, []
+        k = len(flows)
+        while len(self._free) < k:
+            self._grow()
+        width = max(len(f._ids) for f in flows)
+        if width > len(self._hops):
+            self._hops = np.concatenate([self._hops, np.zeros((width - len(self._hops), self._hops.shape[1]),
+                                                              dtype=np.intp)])
+        free, slot_flow = self._free, self._slot_flow
+        if k <= 6:  # a few numpy scalars cost less than the vectorised bookkeeping
+            hops, lcount, rem, cap, seq, alive = (self._hops, self._lcount, self._rem, self._fcap, self._seq,
+                                                  self._alive)
+            for f in flows:
+                slot, ids = free.pop(), f._ids
+                hops[:len(ids), slot] = ids
+                lcount[list(ids)] += 1
+                rem[slot], cap[slot], seq[slot], alive[slot] = f._remaining, f.cap, self._admitted, True
+                self._admitted += 1
+                f._net, f._slot = self, slot
+                slot_flow[slot] = f
+            return
+        slots = [free.pop() for _ in range(k)]
+        where = np.array(slots, dtype=np.intp)
+        ids = [f._ids for f in flows]
+        lengths = np.fromiter(map(len, ids), dtype=np.intp, count=k)
+        flat = np.concatenate(ids)
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        self._hops[np.arange(len(flat)) - starts, np.repeat(where, lengths)] = flat
+        links = len(self._links)
+        self._lcount[:links] += np.bincount(flat, minlength=links)
+        self._rem[where] = [f._remaining for f in flows]
+        self._fcap[where] = [f.cap for f in flows]
+        self._seq[where] = np.arange(self._admitted, self._admitted + k)
+        self._admitted += k
+        self._alive[where] = True
+        for f, slot in zip(flows, slots):
+            f._net, f._slot = self, slot
+            slot_flow[slot] = f
+
+    def _grow(self) -> None:
+        """Double the flow slots (the new ones go to the bottom of the free list)."""
+        old = len(self._rem)
+        new = max(16, 2 * old)
+        pad = new - old
+        self._rem = np.concatenate([self._rem, np.zeros(pad)])
+        self._rate = np.concatenate([self._rate, np.zeros(pad)])
+        self._fcap = np.concatenate([self._fcap, np.zeros(pad)])
+        self._seq = np.concatenate([self._seq, np.zeros(pad, dtype=np.int64)])
+        self._alive = np.concatenate([self._alive, np.zeros(pad, dtype=bool)])
+        self._hops = np.concatenate([self._hops, np.zeros((len(self._hops), pad), dtype=np.intp)], axis=1)
+        self._slot_flow += [None] * pad
+        self._free[:0] = range(new - 1, old - 1, -1)
 
     def _wake_up(self) -> None:
         if not self._wake.triggered:
@@ -204,16 +475,14 @@ class FlowNetwork:
 
     def _set_capacities(self, changes: list[tuple[Link, float]]) -> None:
         """Apply capacity changes now: advance the flows at their old rates, fail those on links that
-        went down, reshare the changed links' component at once and wake the network process to
-        reschedule its next completion."""
+        went down, reshare at once and wake the network process to reschedule its next completion."""
         for _, bytes_per_s in changes:
             check_capacity(bytes_per_s)  # all or nothing
         self._advance()
         finished = self._retire_finished()  # a flow landing at this very instant is delivered, not failed
         self._apply_capacities(changes)
         cut = self._flows_crossing_down_links([link for link, _ in changes])
-        for flow in cut:
-            self._remove(flow)
+        self._remove(list(cut))
         self._allocate()
         self._finish(finished)
         for flow, link in cut.items():
@@ -221,25 +490,30 @@ class FlowNetwork:
         self._wake_up()
 
     def _apply_capacities(self, changes: list[tuple[Link, float]]) -> None:
-        """Set the links' capacities and mark them for reallocation; drop the cached paths if a link
-        went down or came back up (the topology drops its routes then too)."""
+        """Set the links' capacities and mark the flows for reallocation; drop the cached paths if a
+        link went down or came back up (the topology drops its routes then too)."""
         rerouted = False
         for link, bytes_per_s in changes:
             rerouted |= self.topology.set_capacity(link, bytes_per_s)
-            self._changed.add(link)
+            lid = self._link_id.get(link)
+            if lid is not None:
+                self._lcap[lid] = self._capacity[lid] = link.capacity
+                self._cap_changed.add(lid)
+        self._dirty = True
         if rerouted:
             self._paths.cache_clear()
 
     def _flows_crossing_down_links(self, links: list[Link]) -> dict[Flow, Link]:
         """Each active flow on one of these links that is down, with that link, in admission order."""
-        down = [link for link in links if not link.up]
-        if not down:
+        down = [link for link in links if not link.up and link in self._link_id]
+        if not down or not self._flows:
             return {}
         cut: dict[Flow, Link] = {}
         for link in down:
-            for flow in self._on_link.get(link, ()):
-                cut.setdefault(flow, link)
-        return {flow: cut[flow] for flow in self._flows if flow in cut}
+            crossing = self._alive & (self._hops == self._link_id[link]).any(axis=0)
+            for slot in np.flatnonzero(crossing):
+                cut.setdefault(self._slot_flow[slot], link)
+        return {flow: cut[flow] for flow in sorted(cut, key=lambda f: self._seq[f._slot])}
 
     def _run(self):
         """The network's one process: sleep until the next completion or until something changes."""
@@ -263,134 +537,171 @@ class FlowNetwork:
     def _time_to_next_completion(self) -> float:
         """Seconds until the first active flow lands at current rates (inf: none will). A flow whose
         max-min rate is 0 (a zero cap, say) just waits for a change; nothing divides by its rate."""
-        return max(0.0, min((f.remaining / f.rate for f in self._flows if f.rate > 0), default=math.inf))
+        if not self._flows:
+            return math.inf
+        rate = self._rate
+        moving = rate > 0
+        if not moving.any():
+            return math.inf
+        return max(0.0, float((self._rem[moving] / rate[moving]).min()))
 
     def _retire_finished(self) -> list[Flow]:
-        """Take out of the network the flows that have landed by now, and return them.
+        """Take out of the network the flows that have landed by now (in admission order), and return them.
 
         Done: flows within a float rounding of their end (a sub-picosecond remainder, or one so small
         that now + remaining/rate == now, which would otherwise spin forever).
         """
+        if not self._flows:
+            return []
         horizon = max(1e-12, 4 * math.ulp(self.env.now))
-        finished = [f for f in self._flows if f.remaining <= f.rate * horizon]
-        for f in finished:
-            self._remove(f)
+        slots = np.flatnonzero((self._rem <= self._rate * horizon) & self._alive)
+        if not len(slots):
+            return []
+        if len(slots) > 1:
+            slots = slots[np.argsort(self._seq[slots], kind="stable")]
+        finished = [self._slot_flow[slot] for slot in slots.tolist()]
+        self._remove(finished)
         return finished
 
-    def _remove(self, flow: Flow) -> None:
-        """Take a flow off its links; its links' component is reshared at the next allocation."""
-        del self._flows[flow]
-        for link in flow.links:
-            on_link = self._on_link[link]
-            del on_link[flow]
-            if not on_link:
-                del self._on_link[link]
-        self._changed.update(flow.links)
+    def _remove(self, flows: list[Flow]) -> None:
+        """Take flows off their links (each keeps its last remaining and rate); reshare at the next
+        allocation."""
+        if not flows:
+            return
+        rem, rate, hops, slot_flow, active = self._rem, self._rate, self._hops, self._slot_flow, self._flows
+        if len(flows) <= 4:  # a few numpy scalars cost less than the vectorised bookkeeping
+            lcount, alive, free = self._lcount, self._alive, self._free
+            for f in flows:
+                slot, ids = f._slot, f._ids
+                f._remaining, f._rate, f._slot = float(rem[slot]), float(rate[slot]), -1
+                lcount[list(ids)] -= 1
+                hops[:len(ids), slot] = 0
+                alive[slot] = False
+                rate[slot] = rem[slot] = 0.0
+                slot_flow[slot] = None
+                free.append(slot)
+                del active[f]
+            self._dirty = True
+            return
+        slots = np.array([f._slot for f in flows], dtype=np.intp)
+        for f, left, r in zip(flows, rem[slots].tolist(), rate[slots].tolist()):
+            f._remaining, f._rate, f._slot = left, r, -1
+            del active[f]
+        links = len(self._links)
+        self._lcount[:links] -= np.bincount(hops[:, slots].ravel(), minlength=links)
+        self._lcount[0] = 0
+        hops[:, slots] = 0
+        self._alive[slots] = False
+        rate[slots] = 0.0
+        rem[slots] = 0.0
+        slot_list = slots.tolist()
+        for slot in slot_list:
+            slot_flow[slot] = None
+        self._free.extend(sorted(slot_list, reverse=True))
+        self._dirty = True
 
     def _advance(self) -> None:
         """Move every active flow forward to now at its current rate; accumulate link busy time."""
         dt = self.env.now - self._last
         self._last = self.env.now
-        if dt <= 0:
-            return
-        for f in self._flows:
-            f.remaining -= f.rate * dt
-        for link in self._on_link:
-            self.link_busy_s[link] += dt
-
-    def _affected(self) -> list[Flow]:
-        """The flows whose rates may change: every flow connected, through shared links, to a link
-        whose set of flows changed. Max-min sharing decomposes over such components, so the rest keep
-        their rates. Returned in admission order, so the arithmetic (and the result) is deterministic."""
-        component: set[Flow] = set()
-        seen = set(self._changed)
-        frontier = list(self._changed)
-        self._changed = set()
-        while frontier:
-            for f in self._on_link.get(frontier.pop(), ()):
-                if f not in component:
-                    component.add(f)
-                    for link in f.links:
-                        if link not in seen:
-                            seen.add(link)
-                            frontier.append(link)
-        if len(component) == len(self._flows):
-            return list(self._flows)
-        return [f for f in self._flows if f in component]
+        if dt > 0 and len(self._flows) > len(self._pending):
+            self._rem -= self._rate * dt
+            links = len(self._links)
+            self._busy[:links][self._lcount[:links] > 0] += dt
+            self._busy_view = None
+        if self._pending:  # the flows admitted since then join now
+            self._join()
 
     def _allocate(self) -> None:
-        """Max-min fair rates by progressive filling over every link of every route and each flow's cap.
+        """Max-min fair rates of every active flow (`max_min_rates`; `water_fill_small` for a handful),
+        after flows or capacities changed."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        if self._pending:
+            self._join()
+        if len(self._flows) <= _SMALL:
+            flows = list(self._flows)
+            rates = water_fill_small([f._ids for f in flows], [f.cap for f in flows], self._capacity)
+            if flows:
+                self._rate[[f._slot for f in flows]] = rates
+            if self.record:
+                self._log_few(flows, rates)
+        else:
+            links = len(self._links)
+            self._rate = max_min_rates(self._hops, self._fcap, self._lcap[:links], self._lcount[:links], self._alive)
+            if self.record:
+                self._log_rates()
 
-        Repeatedly take the tightest constraint, the link with the smallest equal share of its spare
-        capacity (a lazy heap: stale entries are skipped) or a flow's own cap if smaller, freeze its
-        flows at that rate and charge them to every link they cross.
-        """
-        changed = self._changed if self.record else None  # links whose flows or capacity changed
-        flows = self._affected()
-        users: dict[Link, list[Flow]] = defaultdict(list)
-        for f in flows:
-            for link in f.links:
-                users[link].append(f)
-        spare = {link: link.capacity for link in users}
-        count = {link: len(fs) for link, fs in users.items()}
-        order = {link: i for i, link in enumerate(users)}  # tie-break: links are not comparable
-        heap = [(spare[l] / count[l], order[l], l) for l in users]
-        heapq.heapify(heap)
-        capped = sorted((f for f in flows if f.cap != math.inf), key=lambda f: f.cap)
-        next_capped = 0
-        done: set[Flow] = set()
-        while len(done) < len(flows):
-            share, _, link = heap[0]
-            if not count[link] or share != spare[link] / count[link]:
-                heapq.heappop(heap)  # stale: the link changed since this entry was pushed
-                continue
-            share = max(0.0, share)
-            while next_capped < len(capped) and capped[next_capped] in done:
-                next_capped += 1
-            if next_capped < len(capped) and capped[next_capped].cap < share:
-                frozen, rate = [capped[next_capped]], capped[next_capped].cap
+    # While recording, each allocation appends (now, link name, total allocated rate, capacity) for each
+    # link whose rate moved by more than a rounding, or whose capacity changed, since its last entry (0
+    # for a link left without flows). A link that never carried a flow has no entry. Reads the
+    # allocation only: the model's numbers are the same without it. Two ways, as for the allocation.
+    def _log_rates(self) -> None:
+        """The log's entries, vectorised over every link."""
+        n = len(self._links)
+        capacity, busy, logged = self._lcap[:n], self._lcount[:n] > 0, self._logged[:n]
+        hops = self._hops
+        rate = np.bincount(hops.ravel(), np.tile(self._rate, len(hops)), minlength=n)[:n]
+        rate[0] = 0.0
+        last_rate, last_cap = self._log_rate[:n], self._log_cap[:n]
+        moved = (last_cap != capacity) | (np.abs(rate - last_rate) > 1e-12 * capacity)
+        carrying = busy & np.where(logged, moved, rate > 0)
+        emptied = ~busy & logged & ((last_rate != 0.0) | (last_cap != capacity))
+        self._cap_changed.clear()
+        if not carrying.any() and not emptied.any():
+            return
+        now, log, links, open_ = self.env.now, self.rate_log.append, self._links, self._log_open
+        for lid, r in zip(np.flatnonzero(carrying).tolist(), rate[carrying].tolist()):
+            log((now, links[lid].name, r, float(capacity[lid])))
+            if r != 0.0:
+                open_.add(lid)
             else:
-                frozen, rate = [f for f in users[link] if f not in done], share
-            touched = set()
-            for f in frozen:
-                f.rate = rate
-                done.add(f)
-                for l in f.links:
-                    spare[l] -= rate
-                    count[l] -= 1
-                    touched.add(l)
-            for l in touched:
-                if count[l]:
-                    heapq.heappush(heap, (spare[l] / count[l], order[l], l))
-        if changed is not None:
-            self._log_rates(spare, changed)
+                open_.discard(lid)
+        for lid in sorted(np.flatnonzero(emptied).tolist(), key=lambda i: links[i].name):
+            log((now, links[lid].name, 0.0, float(capacity[lid])))
+            open_.discard(lid)
+        update = carrying | emptied
+        last_rate[update] = rate[update]
+        last_cap[update] = capacity[update]
+        logged[update] = True
 
-    def _log_rates(self, spare: dict[Link, float], changed: set[Link]) -> None:
-        """While recording: append (now, link name, total allocated rate, capacity) for each link just
-        reshared (its capacity less its spare; 0 for a link left without flows) whose rate moved by more
-        than a rounding, or whose capacity changed, since its last entry. A link that never carried a
-        flow has no entry. Reads the allocation only: the model's numbers are the same without it."""
-        now, logged, log = self.env.now, self._logged, self.rate_log.append
-        for link, left in spare.items():
-            capacity = link.capacity
-            rate = capacity - left
-            last = logged.get(link)
-            if last is None and rate <= 0 or (
-                    last is not None and last[1] == capacity and abs(rate - last[0]) <= 1e-12 * capacity):
+    def _log_few(self, flows: list[Flow], rates: list[float]) -> None:
+        """The log's entries for a handful of flows, link by link in plain Python (same state, same
+        entries as `_log_rates` up to the last bit of a sum)."""
+        on_link: dict[int, float] = {}
+        for f, r in zip(flows, rates):
+            for lid in f._ids:
+                on_link[lid] = on_link.get(lid, 0.0) + r
+        now, log, links, capacity, open_ = self.env.now, self.rate_log.append, self._links, self._capacity, \
+            self._log_open
+        last_rate, last_cap, logged = self._log_rate, self._log_cap, self._logged
+        for lid in sorted(on_link):
+            rate, cap = on_link[lid], capacity[lid]
+            if logged[lid]:
+                if last_cap[lid] == cap and abs(rate - last_rate[lid]) <= 1e-12 * cap:
+                    continue
+            elif rate <= 0:
                 continue
-            logged[link] = (rate, capacity)
-            log((now, link.name, rate, capacity))
-        for link in sorted(changed - spare.keys(), key=lambda l: l.name):  # left without flows
-            last = logged.get(link)
-            if last is not None and (last[0] != 0.0 or last[1] != link.capacity):
-                logged[link] = (0.0, link.capacity)
-                log((now, link.name, 0.0, link.capacity))
+            log((now, links[lid].name, rate, cap))
+            last_rate[lid], last_cap[lid], logged[lid] = rate, cap, True
+            if rate != 0.0:
+                open_.add(lid)
+            else:
+                open_.discard(lid)
+        for lid in sorted((open_ | self._cap_changed) - on_link.keys(), key=lambda i: links[i].name):
+            cap = capacity[lid]
+            if logged[lid] and (last_rate[lid] != 0.0 or last_cap[lid] != cap):
+                log((now, links[lid].name, 0.0, cap))
+                last_rate[lid], last_cap[lid] = 0.0, cap
+            open_.discard(lid)
+        self._cap_changed.clear()
 
     def _finish(self, flows: list[Flow]) -> None:
         """The flows' last bytes landed now: account them, and fire each one's event after its tail."""
         for f in flows:
             f.end = self.env.now
-            f.remaining = 0.0
+            f._remaining = 0.0
             for link in f.links:
                 self.link_bytes[link] += f.size
             if f.links:
@@ -400,16 +711,16 @@ class FlowNetwork:
             if self.record:
                 self.completed.append(f)
             if f.tail > 0:
-                self.env.timeout(f.tail).callbacks.append(lambda _event, f=f: f.done.succeed(f))
+                self.env.timeout(f.tail, f).callbacks.append(self._deliver_after_tail)
             else:
                 f.done.succeed(f)
 
     def _fail(self, flow: Flow, error: Exception) -> None:
         """The flow will not be delivered: its links keep the bytes they carried; its event fails now."""
         flow.end = self.env.now
-        flow.rate = 0.0
+        flow._rate = 0.0
         flow.error = error
-        carried = min(max(flow.size - flow.remaining, 0.0), flow.size)
+        carried = min(max(flow.size - flow._remaining, 0.0), flow.size)
         if carried > 0:
             for link in flow.links:
                 self.link_bytes[link] += carried

@@ -5,8 +5,11 @@ one direction never slows the other. The flow model only sees `Link` objects on 
 topology needs no change to the model.
 
 A link's capacity starts at its transport's nominal rate and may change while the simulation runs (a
-degraded or failed link); capacity zero means the link is down. Routes are fewest-hop paths over the
-links that are up, so the cached routes are dropped whenever a link goes down or comes back up.
+degraded or failed link); capacity zero means the link is down. Routes are least-cost paths over the
+links that are up (a link costs 1 unless added with another cost, so routes are fewest-hop paths unless
+a topology says otherwise: a GPU's PCIe link to its host costs more than its NVLink, so GPU-to-GPU
+traffic takes NVLink while host traffic takes PCIe), and the cached routes are dropped whenever a link
+goes down or comes back up.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Topology:
         self.graph = graph
         self.hosts = list(hosts)
         self.down_links: set[Link] = set()  # links whose capacity is zero (read-only: see set_capacity)
+        self._weight: str | None = None  # "cost" once a link costs other than 1 (else fewest hops, by BFS)
         self.routes = lru_cache(maxsize=None)(self._routes)
         self.route = lru_cache(maxsize=None)(self._route)
 
@@ -104,11 +108,11 @@ class Topology:
         return True
 
     def _routes(self, src: str, dst: str) -> tuple[tuple[Link, ...], ...]:
-        """Every fewest-hop path of up links from src to dst, in a fixed order (the equal-cost
+        """Every least-cost path of up links from src to dst, in a fixed order (the equal-cost
         multipath set). Raises `NoRoute` when every path crosses a down link."""
         graph = self._up_graph()
         try:
-            paths = sorted(nx.all_shortest_paths(graph, src, dst))
+            paths = sorted(nx.all_shortest_paths(graph, src, dst, weight=self._weight))
         except nx.NetworkXNoPath:
             raise NoRoute(src, dst) from None
         return tuple(tuple(graph.edges[u, v]["link"] for u, v in zip(p, p[1:])) for p in paths)
@@ -126,10 +130,13 @@ class Topology:
         paths = self.routes(src, dst)
         return paths[zlib.crc32(f"{src}->{dst}".encode()) % len(paths)]
 
-    def add_duplex(self, a: str, b: str, transport: Transport) -> None:
-        """Join a and b by a full-duplex link: one independent directed link each way."""
-        self.graph.add_edge(a, b, link=Link(a, b, transport))
-        self.graph.add_edge(b, a, link=Link(b, a, transport))
+    def add_duplex(self, a: str, b: str, transport: Transport, cost: float = 1.0) -> None:
+        """Join a and b by a full-duplex link: one independent directed link each way. `cost` is what
+        crossing it adds to a route's length (routes take the least-cost paths)."""
+        if cost != 1.0:
+            self._weight = "cost"
+        self.graph.add_edge(a, b, link=Link(a, b, transport), cost=cost)
+        self.graph.add_edge(b, a, link=Link(b, a, transport), cost=cost)
 
 
 def star(hosts: list[str], transport: Transport, switch: str = "switch") -> Topology:

@@ -2,21 +2,70 @@
 Herring): every worker holds the model and runs the optimizer on the summed gradient; the systems
 differ only in how the gradients are summed. They change time, not math: the update is the mean of
 the n gradients, applied once per step, exactly as BSP does.
+
+Two drivers, one per kind of barrier between steps:
+- lockstep (all-reduce, Herring, BytePS's default): step t+1 begins once every worker holds every summed
+  gradient of step t (the optimizer step waits for all of them, as Horovod, DDP and BytePS's plain
+  DistributedOptimizer do), and once the slowest backward has ended.
+- cross-barrier (BytePS with policy.cross_barrier, its CrossBarrier optimizer / MXNet's engine, after
+  ByteScheduler): no global barrier. Each machine runs its own steps; its GPUs start the forward of
+  layer l in step t+1 once their backward of step t is over, layer l-1's forward is done and layer
+  l's own update has arrived on the machine (`gated_forward`). So updates of the layers nearer the
+  input, sent first, let the next forward start while the rest still travels: the overlap that gives
+  priority scheduling its worth. The update of step t is still applied once, when every machine has
+  it, and before any gradient of step t+1 is taken (the math is BSP's).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from itertools import count
 
 import simpy
 
+from pssim.cluster.worker import StepRecord
 from pssim.comm.gates import wait_until
 from pssim.comm.summation import SummationService
 from pssim.config import PolicyConfig, require
 from pssim.network.errors import NetworkError, NoRoute
 from pssim.policies.base import Policy, WorkerCrash, mean_gradient
+
+
+def forward_shares(profile) -> tuple[float, list[float]]:
+    """(the forward's share of a step, each layer's share), in the profile's timing model: forward is a
+    third of the step, split over the layers by MACs (`Profile.backward_ready` gives backward the rest)."""
+    total = profile.macs
+    if not total:
+        return 0.0, [0.0] * len(profile.layers)
+    return 1 / 3, [layer.macs / (3 * total) for layer in profile.layers]
+
+
+def _ready_on_all(backward: dict[int, float], durations: dict[int, float], forward: float, fraction: float) -> float:
+    """When every GPU of `backward` (GPU -> when its backward began) holds the gradients ready
+    `fraction` into its step (`Profile.backward_ready`: the forward's share comes first)."""
+    return max(start + durations[i] * (fraction - forward) for i, start in backward.items())
+
+
+def gated_forward(free: float, duration: float, shares: list[float], gates) -> float:
+    """When a GPU's forward ends (its backward starts): it begins once the GPU is `free` (its previous
+    backward ended) and layer l's forward, `duration` x shares[l] long, starts once layer l-1's is done
+    and layer l's parameters are updated (gates[l]; None: no gate, the first step)."""
+    t = free
+    for layer, share in enumerate(shares):
+        if gates is not None:
+            t = max(t, gates[layer])
+        t += duration * share
+    return t
+
+
+@dataclass
+class StepBarrier:
+    """Cross-barrier: which machines hold step t's update (`ends`: machine -> when); `done` fires once all do."""
+
+    done: simpy.Event
+    ends: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -29,17 +78,22 @@ class ReplicatedConfig(PolicyConfig):
 
 
 class ReplicatedDataParallel(Policy):
-    """One process drives the cluster in lockstep, step after step.
+    """One process drives the cluster, step after step (module docstring: lockstep or cross-barrier).
 
-    Each step every worker draws its compute time d_i; the gradient of profile layer L is ready on
-    worker i at start + d_i * ready(L) (backward runs in reverse layer order), so communication of
-    early-ready gradients overlaps the rest of the backward pass. `communicate` (the system's own
+    Lockstep: each step every worker draws its compute time d_i; the gradient of profile layer L is
+    ready on worker i at start + d_i * ready(L) (backward runs in reverse layer order), so communication
+    of early-ready gradients overlaps the rest of the backward pass. `communicate` (the system's own
     algorithm) returns when every worker holds the summed gradient; then the optimizer step.
+
+    Cross-barrier (`cross_barrier` True): the policy's `machine_step` is one machine's communication of
+    one step; each machine loops over steps on its own (`_machine_loop`), and this process applies each
+    step's update once every machine has it.
     """
 
     Config = ReplicatedConfig
     uses_servers = False
     ignores = ("cluster.servers",)
+    cross_barrier = False  # a policy sets it (an instance attribute) to drop the barrier between steps
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -48,6 +102,8 @@ class ReplicatedDataParallel(Policy):
         self.layout = ctx.cluster.layout
         self.profile = ctx.workload.profile
         self.lockstep = True
+        self.attempt = 0  # bumped whenever steps (re)start: a key of a policy's messages, so an abandoned
+        # attempt's sums never mix with the next one's
         self._all_up = self.env.event()
         self.machines = [[self.workers[i].host for i in self.layout.local_workers(m)]
                          for m in range(len(self.layout.machines))]
@@ -56,10 +112,14 @@ class ReplicatedDataParallel(Policy):
         self.processes = [self.env.process(self._guarded(self.run(), None))]  # one process drives every worker
 
     def run(self):
+        yield from (self._run_cross_barrier() if self.cross_barrier else self._run_lockstep())
+
+    def _run_lockstep(self):
         model = self.ctx.model
         params = model.params if model is not None else None
         for step in count():
             while True:  # a fault abandons the step; it starts again from its beginning once recovered
+                self.attempt += 1
                 start = self.env.now
                 records = [w.begin_step(step, version=step) for w in self.workers]
                 durations = [w.step_duration() for w in self.workers]
@@ -91,6 +151,91 @@ class ReplicatedDataParallel(Policy):
                 rec.bytes_received = int(self.network.received[w.host] - received[w.host])
                 w.finish_step()
             self.ctx.progress.advance(step + 1)
+
+    # -- cross-barrier -------------------------------------------------------------------------------
+    def _run_cross_barrier(self):
+        """Every machine runs its steps (`_machine_loop`); step t's update is applied once all machines
+        hold it. A fault abandons the steps in progress; they start again from the first step whose
+        update is not yet applied, on every machine at once (no gates: a fresh start)."""
+        model = self.ctx.model
+        params = model.params if model is not None else None
+        step, last = 0, self.env.now  # the first step not yet applied, and when the one before it was
+        while True:
+            self.attempt += 1
+            self._barriers: dict[int, StepBarrier] = {}
+            self._records: dict[int, dict[int, StepRecord]] = {}  # step -> worker -> its record
+            before = {w.host: self.network.sent[w.host] for w in self.workers}
+            received = {w.host: self.network.received[w.host] for w in self.workers}
+            loops = [self.env.process(self._machine_loop(m, step)) for m in range(len(self.machines))]
+            try:
+                while True:
+                    yield self.env.any_of([self._barrier(step).done, *loops])  # a loop only ends by failing
+                    if model is not None:
+                        model.step(mean_gradient([w.gradient(params, step) for w in self.workers]))
+                    ends = self._barriers.pop(step).ends
+                    for w in self.workers:
+                        rec = self._records[step].pop(w.index)
+                        rec.bytes_sent = int(self.network.sent[w.host] - before[w.host])
+                        rec.bytes_received = int(self.network.received[w.host] - received[w.host])
+                        before[w.host], received[w.host] = self.network.sent[w.host], self.network.received[w.host]
+                        w.current = rec
+                        w.finish_step()
+                        rec.comm_end = ends[self.layout.machine_of(w.index)]  # its machine holds the update
+                    del self._records[step]
+                    step, last = step + 1, self.env.now
+                    self.ctx.progress.advance(step)
+            except simpy.Interrupt as interrupt:
+                if not isinstance(interrupt.cause, WorkerCrash):
+                    raise
+                fault, no_route = interrupt.cause.fault, False
+            except NetworkError as err:
+                if self.recovery is None:
+                    raise
+                fault, no_route = self.recovery.link_fault_for(err), isinstance(err, NoRoute)
+            for loop in loops:  # their messages in flight are left to finish on the network
+                if loop.is_alive:
+                    loop.interrupt()
+            if fault is not None:
+                fault.bytes_resent += sum(self.network.sent[w.host] - before[w.host] for w in self.workers)
+            yield from self._recover(last, fault, no_route)
+
+    def _machine_loop(self, m: int, first: int):
+        """Machine m's steps from `first` on: each GPU's forward gated layer by layer on the machine's
+        updates of the step before (`gated_forward`), its backward right after; `machine_step` sums the
+        gradients and returns when each layer's update arrived here."""
+        local = self.layout.local_workers(m)
+        free = dict.fromkeys(local, self.env.now)  # when each GPU's previous backward ended
+        gates = None
+        forward, shares = forward_shares(self.profile)
+        try:
+            for step in count(first):
+                durations = {i: self.workers[i].step_duration() for i in local}
+                backward = {i: gated_forward(free[i], durations[i], shares, gates) for i in local}
+                records = self._records.setdefault(step, {})
+                for i in local:
+                    first_layer = free[i] if gates is None else max(free[i], gates[0])
+                    free[i] = backward[i] + durations[i] * (1 - forward)
+                    records[i] = StepRecord(i, step, step, compute_start=first_layer, compute_end=free[i])
+                ready = partial(_ready_on_all, backward, durations, forward)
+                gates = yield from self.machine_step(m, step, ready, records)
+                barrier = self._barrier(step)
+                barrier.ends[m] = self.env.now
+                if len(barrier.ends) == len(self.machines):
+                    barrier.done.succeed()
+        except simpy.Interrupt:
+            return  # the attempt was abandoned
+
+    def _barrier(self, step: int) -> StepBarrier:
+        if step not in self._barriers:
+            self._barriers[step] = StepBarrier(self.env.event())
+        return self._barriers[step]
+
+    def machine_step(self, m: int, step: int, ready, records):
+        """Cross-barrier policies: machine m's communication of one step, a SimPy generator. `ready(f)`
+        is when the machine's GPUs all hold the gradients ready a fraction f into their step
+        (`Profile.backward_ready`); `records` maps its workers to their step records. Returns, per
+        profile layer, when that layer's update is in place on the machine's GPUs."""
+        raise NotImplementedError
 
     def _recover(self, start: float, fault, no_route: bool):
         """Wait until every worker is up and (after a link failure) a link came back, then charge the
@@ -132,11 +277,18 @@ class ReplicatedDataParallel(Policy):
                     "to restart")
         return f"the lockstep step {step} waits for a route between its members"
 
-    def summation_services(self, hosts: list[str], tag: str) -> list[SummationService]:
-        """One summation service per host (cluster.server_cores cores each), its CPU shown in the trace."""
+    def summation_services(self, hosts: list[str], tag: str, threads: int | None = None, message_s: float = 0.0,
+                           carriers=None, names=None) -> list[SummationService]:
+        """One summation service per entry of `hosts` (a host may run several: give them `names`), each
+        with `threads` threads (None: cluster.server_cores) and `message_s` of CPU per message handled;
+        its messages go over carriers[j] (None: each message its own flow). Their CPUs are in the trace."""
         c = self.ctx.config.cluster
-        services = [SummationService(self.env, self.network, host, c.server_cores, c.aggregation_ns_per_byte * 1e-9,
-                                     self.ctx.cluster.nic.cpu_s_per_byte, tag) for host in hosts]
+        threads = c.server_cores if threads is None else threads
+        carriers = carriers or [None] * len(hosts)
+        names = names or hosts
+        services = [SummationService(self.env, self.network, host, threads, c.aggregation_ns_per_byte * 1e-9,
+                                     self.ctx.cluster.nic.cpu_s_per_byte, tag, message_s, carrier, name)
+                    for host, carrier, name in zip(hosts, carriers, names)]
         self.ctx.recorder.add_cpus(s.cpu for s in services)
         return services
 
