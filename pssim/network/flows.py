@@ -27,17 +27,21 @@ change them through the one `FlowNetwork` that carries the traffic, which also d
 own capacity changes).
 
 Representation (for speed at thousands of GPUs; the numbers are the model's, not the layout's). The
-active flows live in numpy arrays indexed by slot: bytes remaining, rate, cap, admission number and the
-ids of the links they cross (one row per slot, padded with link 0, a link of infinite capacity that
-no flow uses); links are numbered as they first carry a flow, with their capacity, number of active
-flows and busy time in arrays too. A `Flow` is a handle on its slot while active (its `rate` and
-`remaining` read the arrays) and keeps its last values once it leaves. So every event costs a few
-numpy passes over the active flows rather than Python loops: moving every flow to now, finding the
-next completion, retiring the flows that landed, and the sharing itself (`max_min_rates`: water-filling
-that freezes every flow of every link tied at the smallest share at once; the max-min fair allocation
-is unique, so this gives progressive filling's rates up to rounding). All the flows are reshared at
-each change: max-min sharing decomposes over connected components, so flows away from the change keep
-their rates (to the last bit or so), and finding the component costs as much as resharing it.
+active flows live in numpy arrays indexed by slot: bytes remaining, rate, cap, admission number, and
+the ids of the links they cross (a (hops, slots) array, one column per slot, padded with link 0, which
+no flow is limited by); links are numbered as they first carry a flow, with their capacity, number of
+active flows and busy seconds in arrays too. A `Flow` is a handle on its slot while active (its `rate`
+and `remaining` read the arrays) and keeps its last values once it leaves. Flows admitted at one
+instant join the arrays together at the next advance (at that instant, at rate 0, as before). So an
+event costs a few numpy passes over the slots rather than Python loops over the flows: moving every
+flow to now, finding the next completion, retiring the flows that landed (in admission order), and the
+sharing itself (`max_min_rates`: water-filling that freezes the flows of every link tied at the
+smallest share in one round, so the rounds are the distinct rate levels, not the links; the max-min
+allocation is unique, so these are progressive filling's rates up to rounding). Sixteen flows or fewer
+are shared in plain Python by the same rounds (`water_fill_small`), which costs less than the numpy
+calls. Every active flow is reshared at each change: max-min sharing decomposes over connected
+components, so flows away from the change keep their rates (to the last bit or so), and finding the
+component would cost as much as resharing it (in a parameter-server job nearly every flow is in it).
 """
 
 from __future__ import annotations
@@ -248,7 +252,7 @@ class FlowNetwork:
         self.sent: dict[str, float] = defaultdict(float)  # bytes of completed messages, by source
         self.received: dict[str, float] = defaultdict(float)  # and by destination
         self._flows: dict[Flow, None] = {}  # active flows, in admission order
-        # Links, by id (0: the padding of the hop rows), and per link id: capacity, active flows, busy
+        # Links, by id (0: the padding of the hop columns), and per link id: capacity, active flows, busy
         # seconds, and its last (rate, capacity) in rate_log (logged: whether it has one).
         self._link_id: dict[Link, int] = {}
         self._links: list[Link | None] = [None]
@@ -262,7 +266,7 @@ class FlowNetwork:
         self._busy_view: defaultdict[Link, float] | None = None
         self._log_open: set[int] = set()  # links whose last rate_log entry has a rate above 0
         self._cap_changed: set[int] = set()  # links whose capacity changed since the last entries
-        # Flows, by slot: bytes remaining, rate, cap, admission number, alive, link ids (rows padded with 0).
+        # Flows, by slot: bytes remaining, rate, cap, admission number, alive, link ids (a column each).
         self._rem = np.zeros(0)
         self._rate = np.zeros(0)
         self._fcap = np.zeros(0)
