@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from pssim.config import Config, ConfigError
 from pssim.metrics import chrome_trace, evals_frame, links_frame, steps_frame, summarize
 from pssim.metrics.tables import faults_frame
+from pssim.policies import POLICIES
 from pssim.presets import ignored_keys, to_config
 from pssim.simulation import Simulation
 
@@ -101,6 +102,7 @@ def simulate(config: Any = None, *, record_params: bool = False, progress: bool 
         warnings.warn(f"{item} is ignored by policy {cfg.policy.name}", IgnoredKeyWarning, stacklevel=2)
     if cfg.output.dir:
         check_writable(cfg.output.dir)
+    cfg, planned = POLICIES[cfg.policy.name].plan(cfg, seconds_per_step)
     sim = Simulation(cfg, record_params=record_params, progress=progress).run()
     ctx = sim.ctx
     steps = steps_frame(ctx.recorder.steps)
@@ -117,6 +119,13 @@ def simulate(config: Any = None, *, record_params: bool = False, progress: bool 
         params=sim.params,
         param_history=sim.param_history,
     )
+    result.summary.update(planned)
     if cfg.output.dir:
         result.save(cfg.output.dir)
     return result
+
+
+def seconds_per_step(config: Config) -> float:
+    """A trial run's simulated seconds per global step (a policy's `plan` times its candidates with it)."""
+    sim = Simulation(config, progress=False).run()
+    return sim.sim_time / max(1, sim.ctx.progress.global_step)

@@ -213,6 +213,9 @@ class WorkloadConfig:
     dtype: str = "float32"
 
 
+    # zipf_topics (bag_of_words): tokens per sample, and the Zipf exponent of token popularity.
+    context: int = 8
+    zipf: float = 1.0
 @dataclass
 class TrainConfig:
     """How long to train and with which optimizer (SGD with momentum, applied by the servers)."""
@@ -332,14 +335,17 @@ def check_core(c: Config) -> None:
     require(math.isfinite(w.density) and 0 < w.density <= 1, "workload.density", w.density, "must be in (0, 1]")
     require(w.classes <= 10_000, "workload.classes", w.classes, "must be <= 10,000")
     if c.train.numerics:  # the generated data must fit in memory (8 bytes a value at most)
-        data_bytes = (w.train_samples + w.eval_samples) * w.features * 8
+        row = w.context if w.dataset == "zipf_topics" else w.features  # token ids, or features
+        data_bytes = (w.train_samples + w.eval_samples) * row * 8
         require(data_bytes <= 8e9, "workload.train_samples", w.train_samples,
-                f"with {w.features} features the data set would take {data_bytes / 1e9:.0f} GB; at most 8 GB")
+                f"with {row} values a sample the data set would take {data_bytes / 1e9:.0f} GB; at most 8 GB")
 
     t = c.train
     require(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
     require(t.samples is None or t.samples >= 1, "train.samples", t.samples, "must be >= 1 (or null: use train.steps)")
     require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    require(1 <= w.context <= 10_000, "workload.context", w.context, "must be in [1, 10,000] tokens")
+    require(math.isfinite(w.zipf) and 0 <= w.zipf <= 10, "workload.zipf", w.zipf, "must be in [0, 10]")
     if t.numerics:  # timing-only runs never read the data set
         require(w.train_samples >= cl.workers * t.batch_size, "workload.train_samples", w.train_samples,
                 f"must be >= cluster.workers * train.batch_size = {cl.workers * t.batch_size}"

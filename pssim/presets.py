@@ -26,7 +26,8 @@ from pssim.config import ClusterConfig, Config, ConfigError, PolicyConfig, check
 from pssim.faults import FAULT_MODELS
 from pssim.policies import POLICIES
 from pssim.workload.data import DATASETS
-from pssim.workload.models import MODELS
+from pssim.workload import language  # noqa: F401  (registers the bag_of_words model)
+from pssim.workload.models import MODELS, build_model
 from pssim.workload.profiles import PROFILES
 
 CONFIG_DIR = Path(__file__).parent / "conf"
@@ -172,6 +173,9 @@ def validate(c: Config) -> None:
     FAULT_MODELS.lookup(c.faults.model)
     for part in (c.policy, c.stragglers, c.topology, c.faults):
         part.check(c)
-    model = MODELS[c.workload.name](c.workload.features, c.workload.classes, list(c.workload.hidden))
+    try:
+        model = build_model(c.workload)
+    except ValueError as err:  # a model's own check of its widths
+        raise ConfigError(f"workload.hidden={list(c.workload.hidden)} is invalid: {err}") from None
     require(c.cluster.servers <= model.n_params, "cluster.servers", c.cluster.servers,
             f"must be <= the model's {model.n_params} parameters (each shard holds at least one)")

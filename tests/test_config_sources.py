@@ -139,8 +139,9 @@ def test_every_preset_gives_the_same_run_from_the_command_line_and_from_python(c
         times[pick] = summary["sim_time_s"]
     assert sorted(picked) == sorted(expected)
     # Each preset really changed the run (none was silently ignored or replaced by the default). ssp is
-    # left out: on equal workers over 5 steps its gate never binds, so it may share async's schedule.
-    distinct = {k: v for k, v in times.items() if k not in ("ssp", "bounded_delay")}  # gates that never bind here
+    # left out: on equal workers over 5 steps its gate never binds, so it may share async's schedule; and
+    # parallax: on a model without sparse layers it is Horovod's all-reduce, by design.
+    distinct = {k: v for k, v in times.items() if k not in ("ssp", "bounded_delay", "parallax")}
     assert len(set(distinct.values())) == len(distinct), f"{group}: presets with the same simulated time {times}"
 
 

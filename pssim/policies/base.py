@@ -96,6 +96,13 @@ class Policy:
         self._lost_seen: set[tuple[int, int]] = set()  # (worker, epoch) whose dropped gradient was counted
         self.lockstep = False  # one process drives every worker (replicated policies)
 
+    @classmethod
+    def plan(cls, config, seconds_per_step):
+        """Before the run is built: a policy that tunes itself by trial runs (Parallax's partition search)
+        returns the config to run and what it found (summary fields); `seconds_per_step(config)` runs a
+        trial and times it. The default changes nothing."""
+        return config, {}
+
     def start(self) -> None:
         self.processes = [self.env.process(self._guarded(self.worker(w), w.index)) for w in self.workers]
 

@@ -72,14 +72,20 @@ class Model:
         return torch.cat([p.reshape(-1) for p in parts]).to(dtype)
 
 
-def softmax(features: int, classes: int, hidden: list[int]) -> Model:
+def softmax(features: int, classes: int, hidden: list[int], **_) -> Model:
     """Multinomial logistic regression: one dense layer (the `hidden` widths are ignored)."""
     return Model("softmax", [features, classes])
 
 
-def mlp(features: int, classes: int, hidden: list[int]) -> Model:
+def mlp(features: int, classes: int, hidden: list[int], **_) -> Model:
     return Model("mlp", [features, *hidden, classes])
 
 
 MODELS = Registry("workload.name")
 MODELS.update(softmax=softmax, mlp=mlp)
+
+
+def build_model(workload):
+    """The model a workload config (`workload.*`) names, with its widths."""
+    return MODELS.lookup(workload.name)(workload.features, workload.classes, list(workload.hidden),
+                                        context=workload.context)

@@ -56,6 +56,12 @@ class Layer:
     op: str = "gemm"  # op type of the MACs not listed in other_ops
     other_ops: tuple[tuple[str, int], ...] = ()  # (op type, MACs per sample) of the layer's other MACs
     elementwise: int = 0  # per sample: output elements of the memory-bound kernels, summed over kernels
+    # Sparse layers: rows looked up per sample and per batch (a sampled softmax's shared negatives), and
+    # the Zipf exponent of the rows' popularity (row i looked up with probability ~ 1/(i+1)^zipf): what
+    # sizes a batch's sparse gradient when no real batch is at hand (pssim.workload.language).
+    lookups: int = 0
+    batch_lookups: int = 0
+    zipf: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in LAYER_KINDS:
@@ -74,8 +80,13 @@ class Layer:
             if self.rows < 1 or self.params % self.rows:
                 raise ValueError(f"sparse layer {self.name}: rows ({self.rows}) must be >= 1 and divide "
                                  f"its parameters ({self.params})")
-        elif self.rows:
-            raise ValueError(f"dense layer {self.name}: rows must be 0, not {self.rows}")
+            if self.lookups < 0 or self.batch_lookups < 0 or self.lookups + self.batch_lookups < 1:
+                raise ValueError(f"sparse layer {self.name}: lookups and batch_lookups must be >= 0 and "
+                                 "not both 0 (a batch must look up some row)")
+            if not self.zipf >= 0:
+                raise ValueError(f"sparse layer {self.name}: zipf must be >= 0, not {self.zipf}")
+        elif self.rows or self.lookups or self.batch_lookups:
+            raise ValueError(f"dense layer {self.name}: rows, lookups and batch_lookups must be 0")
 
     @property
     def nbytes(self) -> int:
@@ -254,8 +265,36 @@ def bert_large(seq: int = 128, masked: int = 20) -> Profile:
     return Profile("bert_large", tuple(layers))
 
 
+def lm_sparse(vocabulary: int = 793_471, width: int = 512, cell: int = 2048, steps: int = 20,
+              sampled: int = 8192) -> Profile:
+    """The LM of Parallax's paper (Kim et al., EuroSys'19; Jozefowicz et al.'s LSTM-2048-512 on the One
+    Billion Word benchmark): a word embedding table, one LSTM layer of 2,048 cells projected to 512, and
+    a sampled softmax over the vocabulary. A sample is a sequence of `steps` words.
+
+    Sparse: the embedding (vocabulary x width; each word of the sequence looks up a row) and the softmax
+    weights with their bias (vocabulary x (width + 1); each target word's row plus the `sampled`
+    negatives drawn once per batch, log-uniform, i.e. Zipf(1) like the words). Dense: the LSTM (input and
+    recurrent weights, 4 gates, bias) and its projection: 9,445,376 parameters (the paper's 9.4M); the
+    sparse ones 813,307,775 (the paper's 813.3M).
+    MACs per sample: the LSTM's and projection's per word, and the sampled logits ((sampled + 1) x width
+    per word); embedding lookups have none. Activations: steps x width per sample after the embedding
+    and the LSTM; the logits after the softmax. Memory-bound kernels: the lookups' gathered rows, the
+    LSTM's gate nonlinearities and cell updates (about 10 x cell per word), the softmax on the logits.
+    """
+    lstm = (width + width) * 4 * cell + 4 * cell + cell * width
+    words = steps * width * BYTES_PER_PARAM
+    return Profile("lm_sparse", (
+        Layer("embedding", vocabulary * width, 0, words, kind="sparse", rows=vocabulary, op="embedding",
+              elementwise=steps * width, lookups=steps),
+        Layer("lstm", lstm, steps * ((width + width) * 4 * cell + cell * width), words, elementwise=10 * steps * cell),
+        Layer("softmax", vocabulary * (width + 1), steps * (sampled + 1) * width,
+              steps * (sampled + 1) * BYTES_PER_PARAM, kind="sparse", rows=vocabulary,
+              elementwise=steps * (sampled + 1), lookups=steps, batch_lookups=sampled),
+    ))
+
+
 PROFILES = Registry("profile.name")
-PROFILES.update(model=None, resnet50=resnet50, vgg16=vgg16, bert_large=bert_large)
+PROFILES.update(model=None, resnet50=resnet50, vgg16=vgg16, bert_large=bert_large, lm_sparse=lm_sparse)
 
 
 def from_model(model) -> Profile:
@@ -270,4 +309,8 @@ def from_model(model) -> Profile:
 
 
 def make_profile(name: str, model) -> Profile:
-    return from_model(model) if name == "model" else PROFILES[name]()
+    """The timing profile called `name`; `model`: the numerics model's own (its `timing_profile()` if it
+    has one, else each weight with its bias as a dense layer)."""
+    if name != "model":
+        return PROFILES[name]()
+    return model.timing_profile() if hasattr(model, "timing_profile") else from_model(model)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from pssim.seeding import Streams
 from pssim.workload.data import DATASETS
-from pssim.workload.models import MODELS
+from pssim.workload import language  # noqa: F401  (registers the bag_of_words model)
+from pssim.workload.models import Model, build_model
 from pssim.workload.profiles import make_profile
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -28,8 +29,9 @@ class Workload:
                  numerics: bool = True):
         """With numerics=False (timing only) no data is generated and there are no shards."""
         self.dtype = DTYPES[cfg.dtype]
-        self.model = MODELS.lookup(cfg.name)(cfg.features, cfg.classes, list(cfg.hidden))
+        self.model = build_model(cfg)
         self.profile = make_profile(profile, self.model)
+        self.profile_is_model = profile == "model"  # timing follows the numerics model itself
         self.workers = workers
         self.batch_size = batch_size
         self._streams = streams
@@ -43,7 +45,8 @@ class Workload:
         """The data set, and each worker's shard of it."""
         self.data = DATASETS.lookup(cfg.dataset)(
             self._streams.generator("data/generate"), cfg.features, cfg.classes, cfg.train_samples,
-            cfg.eval_samples, self.dtype, separation=cfg.separation, density=cfg.density)
+            cfg.eval_samples, self.dtype, separation=cfg.separation, density=cfg.density, context=cfg.context,
+            zipf=cfg.zipf)
         shard = cfg.train_samples // self.workers
         order = self._streams.generator("data/partition").permutation(cfg.train_samples)
         self.shards = [order[w * shard:(w + 1) * shard] for w in range(self.workers)]
@@ -62,6 +65,21 @@ class Workload:
     def batch_flops(self) -> float:
         """Training FLOPs of one worker's batch, as the timing profile says."""
         return self.profile.train_flops_per_sample * self.batch_size
+
+    def touched_rows(self, layer: int, workers, step: int, parts: int = 1) -> tuple[float, ...]:
+        """Distinct rows of sparse profile layer `layer` that the `step`-th batches of `workers` look up
+        together (a machine's GPUs merging their duplicate rows), in each of `parts` partitions (row id
+        mod parts, `language.partition_of`). Counted on the real batches when the layer is the numerics
+        model's own table and the data exist; otherwise the Zipf law's expectation
+        (`language.expected_distinct`) for the layer's lookups per sample and its sampled rows per batch
+        (each worker samples its own)."""
+        spec = self.profile.layers[layer]
+        if self.data is not None and self.profile_is_model and getattr(self.model, "vocabulary", None) == spec.rows:
+            ids = np.concatenate([self.data.x_train[torch.as_tensor(self.batch_indices(w, step))].numpy().ravel()
+                                  for w in workers])
+            return language.distinct_per_part(ids, parts)
+        return language.expected_distinct(spec.rows, spec.zipf, len(workers) * spec.lookups * self.batch_size,
+                                          parts, spec.batch_lookups, len(workers))
 
     def wire_bytes(self, lo: int, hi: int) -> float:
         """Wire bytes of the numerics parameters [lo, hi): their share of the profile's bytes."""
