@@ -211,6 +211,7 @@ def test_the_fit_recovers_thetas_and_the_search_finds_the_minimum():
     assert best_partitions((0.0, 10.0, 1.0), 64) == 3  # sqrt(10) = 3.16: t(3) = 5.33 < t(4) = 5.5
     assert best_partitions((1.0, 5.0, 0.0), 64) == 64  # no cost per partition: as many as allowed
     assert best_partitions((1.0, 0.0, 1.0), 64) == 1
+    assert best_partitions(thetas, 64, least=8) == 8  # within the range tried
 
 
 def test_plan_runs_trials_and_trains_with_the_best_partition_count():

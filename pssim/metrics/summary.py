@@ -134,6 +134,9 @@ def format_summary(s: dict) -> str:
                       f"{s['updates_lost']} update{'s' * (s['updates_lost'] != 1)} lost)")]
           if s.get("faults") else []),
         *([("diagnosis", s["diagnosis"])] if s.get("diagnosis") else []),
+        *([("partitions", f"{s['partition_search']['partitions']} (the partition search's pick of "
+                          f"{', '.join(s['partition_search']['seconds_per_step'])} tried)")]
+          if s.get("partition_search") else []),
         ("wall time", f"{s['wall_s']:.2f} s ({count(s['events'])} events)"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -54,7 +54,8 @@ class ParallaxConfig(AllReduceConfig):
     # Partition counts the search tries, and the timing-only steps of each trial run.
     search_candidates: list[int] | None = None
     search_steps: int = 4
-    # Server CPU per message (a push or a pull of one partition: the RPC, its bookkeeping, the op launch).
+    # Server CPU per message (a push or a pull of one partition: the RPC, its bookkeeping, the op launch):
+    # an RPC's fixed cost, not fitted (the published LM rows do not pin it; docs/MODELS.md, Parallax).
     message_us: float = 50.0
     # Threads of each server process; null: cluster.server_cores.
     server_threads: int | None = None
@@ -86,8 +87,9 @@ def fit_partition_model(samples: list[tuple[int, float]]) -> tuple[float, float,
     return tuple(float(x) for x in thetas)
 
 
-def best_partitions(thetas: tuple[float, float, float], most: int) -> int:
-    """The integer P in [1, most] minimising theta0 + theta1 / P + theta2 (P - 1) (ties: the smaller).
+def best_partitions(thetas: tuple[float, float, float], most: int, least: int = 1) -> int:
+    """The integer P in [least, most] minimising theta0 + theta1 / P + theta2 (P - 1) (ties: the smaller).
+    Parallax searches between the smallest and the largest P it tried.
 
     With theta1, theta2 > 0 the continuous minimum is sqrt(theta1 / theta2); otherwise the fit is
     monotone and the minimum is an end of the range."""
@@ -96,10 +98,10 @@ def best_partitions(thetas: tuple[float, float, float], most: int) -> int:
     def t(p: int) -> float:
         return t0 + t1 / p + t2 * (p - 1)
 
-    candidates = {1, most}
+    candidates = {least, most}
     if t1 > 0 and t2 > 0:
         root = math.sqrt(t1 / t2)
-        candidates |= {min(most, max(1, math.floor(root))), min(most, max(1, math.ceil(root)))}
+        candidates |= {min(most, max(least, math.floor(root))), min(most, max(least, math.ceil(root)))}
     return min(sorted(candidates), key=t)
 
 
@@ -263,7 +265,7 @@ class Parallax(RingAllReduce):
             trial.train.target_loss, trial.output.dir, trial.output.trace = None, None, False
             samples.append((p, seconds_per_step(trial)))
         thetas = fit_partition_model(samples)
-        best = best_partitions(thetas, 2 * max(candidates))
+        best = best_partitions(thetas, max(candidates), min(candidates))
         chosen = copy.deepcopy(config)
         chosen.policy.partitions = best
         return chosen, {"partition_search": {"seconds_per_step": {str(p): t for p, t in samples},
