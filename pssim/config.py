@@ -216,9 +216,12 @@ class WorkloadConfig:
     # zipf_topics (bag_of_words): tokens per sample, and the Zipf exponent of token popularity.
     context: int = 8
     zipf: float = 1.0
+OPTIMIZERS = ("sgd", "adam", "rmsprop")  # pssim/workload/optimizer.py implements them
+
+
 @dataclass
 class TrainConfig:
-    """How long to train and with which optimizer (SGD with momentum, applied by the servers)."""
+    """How long to train and with which optimizer (applied by the servers, or by every replica)."""
 
     # Global model updates to run (BSP: rounds of n gradients; ASP/SSP: single gradients).
     steps: int = 200
@@ -227,7 +230,10 @@ class TrainConfig:
     samples: int | None = None
     # Per worker.
     batch_size: int = 32
-    # SGD on the servers (or on every replica): learning rate, momentum, weight decay, as torch.optim.SGD.
+    # The optimizer on the servers (or on every replica), as torch.optim's: sgd (with momentum), adam,
+    # rmsprop. Its state is sharded across the servers with the parameters.
+    optimizer: str = "sgd"
+    # Learning rate and L2 weight decay (all three); momentum (sgd, rmsprop).
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -235,6 +241,10 @@ class TrainConfig:
     target_loss: float | None = None
     # False: timing only, no gradients (for very large clusters).
     numerics: bool = True
+    # Adam's (beta1, beta2); Adam's and RMSProp's eps; RMSProp's smoothing constant alpha.
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    alpha: float = 0.99
 
 
 @dataclass
@@ -343,9 +353,9 @@ def check_core(c: Config) -> None:
     t = c.train
     require(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
     require(t.samples is None or t.samples >= 1, "train.samples", t.samples, "must be >= 1 (or null: use train.steps)")
-    require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     require(1 <= w.context <= 10_000, "workload.context", w.context, "must be in [1, 10,000] tokens")
     require(math.isfinite(w.zipf) and 0 <= w.zipf <= 10, "workload.zipf", w.zipf, "must be in [0, 10]")
+    require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     if t.numerics:  # timing-only runs never read the data set
         require(w.train_samples >= cl.workers * t.batch_size, "workload.train_samples", w.train_samples,
                 f"must be >= cluster.workers * train.batch_size = {cl.workers * t.batch_size}"
@@ -359,3 +369,8 @@ def check_core(c: Config) -> None:
     require(c.eval.every_samples is None or c.eval.every_samples >= 1, "eval.every_samples", c.eval.every_samples,
             "must be >= 1 (or null: use eval.every)")
     require(c.output.trace_steps >= 0, "output.trace_steps", c.output.trace_steps, "must be >= 0 (0: all)")
+    one_of("train.optimizer", t.optimizer, OPTIMIZERS)
+    require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", list(t.betas),
+            "must be two numbers in [0, 1) (Adam's beta1, beta2)")
+    require(0 < t.eps <= 1, "train.eps", t.eps, "must be in (0, 1]")
+    require(0 <= t.alpha < 1, "train.alpha", t.alpha, "must be in [0, 1)")

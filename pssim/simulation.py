@@ -25,7 +25,7 @@ from pssim.network.flows import FlowNetwork
 from pssim.network.transport import Transport
 from pssim.policies import POLICIES
 from pssim.seeding import Streams
-from pssim.workload.optimizer import SGD
+from pssim.workload.optimizer import make_optimizer
 from pssim.workload.state import ModelState
 from pssim.workload.workload import Workload
 
@@ -65,7 +65,7 @@ class Simulation:
 
         model = None
         if c.train.numerics:
-            model = ModelState(workload.init_params(), SGD(c.train.lr, c.train.momentum, c.train.weight_decay))
+            model = ModelState(workload.init_params(), make_optimizer(c.train))
         self.ctx = ctx = RunContext(env, c, network, cluster, workload, model,
                                     initial_params=model.snapshot() if model is not None else None,
                                     recorder=Recorder(), progress=Progress(env, c.train.steps))

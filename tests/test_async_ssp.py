@@ -71,7 +71,7 @@ def test_ssp_without_the_gate_would_break_the_bound():
 def test_ssp_staleness_zero_follows_bsp_trajectory():
     """s=0 with additive updates (no momentum, no weight decay) applies exactly BSP's mean step per round.
 
-    SSP applies each gradient scaled by 1/n as it arrives; after a round's n gradients the model has
+    SSP under policy.gradient_scale=mean applies each gradient scaled by 1/n as it arrives; after a round's n gradients the model has
     moved by lr * mean(g), as BSP's one step does. (Momentum would advance n times per round under SSP
     and once under BSP, so the two differ by design there.)
     """
@@ -80,7 +80,7 @@ def test_ssp_staleness_zero_follows_bsp_trajectory():
                   workload__dtype="float64", stragglers="exponential", stragglers__mean_s=1e-4)
     bsp = simulate(record_params=True, **common)
     ssp = simulate(record_params=True, **{**common, "train.steps": 10 * n, "policy": "ssp",
-                                          "policy.staleness": 0})
+                                          "policy.staleness": 0, "policy.gradient_scale": "mean"})
     for t in range(11):
         assert torch.allclose(ssp.param_history[t * n], bsp.param_history[t], atol=1e-6, rtol=0), t
     assert not torch.allclose(ssp.param_history[1], bsp.param_history[1])  # rounds really are n updates

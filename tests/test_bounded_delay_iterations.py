@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from pssim import ConfigError, simulate
 from conftest import fast, flatten_torch, torch_mlp, workload_for
 
-ITERATIONS = dict(policy="bounded_delay", policy__task="iteration", stragglers="exponential",
-                  stragglers__mean_s=0.002)
+# Each iteration's update is the mean of its n gradients (policy.gradient_scale=mean): the big-batch
+# SGD step the replays below compute.
+ITERATIONS = dict(policy="bounded_delay", policy__task="iteration", policy__gradient_scale="mean",
+                  stragglers="exponential", stragglers__mean_s=0.002)
 
 
 def run(tau, **extra):

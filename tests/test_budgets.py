@@ -34,7 +34,7 @@ def test_evaluations_every_so_many_samples_come_equally_often_for_sync_and_async
 def test_time_to_target_is_the_exact_step_that_crossed_it(policy):
     """Evaluated after every step (eval.every=1), the first crossing is read off the evals table; a
     run evaluating only every 20 steps must report the same step and simulated time."""
-    common = fast(policy=policy, cluster__workers=4, train__steps=60, train__target_loss=1.6)
+    common = fast(policy=policy, cluster__workers=4, train__steps=60, train__target_loss=1.6, train__lr=0.025)
     dense = simulate(**{**common, "eval.every": 1})
     crossing = dense.evals[dense.evals["loss"] <= 1.6].iloc[0]
     sparse = simulate(**{**common, "eval.every": 20})

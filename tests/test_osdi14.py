@@ -224,7 +224,8 @@ def test_a_handoff_resumes_params_momentum_and_clock_from_the_replica_or_the_che
     hosts = [f"server{i}" for i in range(3)]
     new = {s.index: [h for h in chain(s.index, hosts, 4) if h != host][0] for s in shards if s.host == host}
     assert new  # the host owned some range
-    expected = {j: rep.copies[j][h] for j, h in new.items()} if k else {
+    expected = {j: (rep.copies[j][h][0], rep.copies[j][h][1][0]["momentum"], rep.copies[j][h][2])
+                for j, h in new.items()} if k else {
         j: (sim.ctx.initial_params[shards[j].lo:shards[j].hi], torch.zeros(shards[j].hi - shards[j].lo,
             dtype=torch.float64), [0, 0]) for j in new}
     others = {s.index: (s.state.params.clone(), s.state.momentum.clone()) for s in shards if s.index not in new}

@@ -1,4 +1,5 @@
-"""ASP: asynchronous parallel (Downpour-style) parameter servers."""
+"""ASP: asynchronous parallel parameter servers (Downpour, TensorFlow's and MXNet's dist_async), and the
+update rules an asynchronous server may apply to each gradient."""
 
 from __future__ import annotations
 
@@ -10,14 +11,32 @@ from pssim.config import PolicyConfig, one_of
 from pssim.policies.base import Policy, register
 
 
+UPDATE_RULES = ("sum", "mean", "staleness_aware")
+
+
+def update_scale(rule: str, workers: int, staleness: int) -> float:
+    """The weight of one asynchronous update (`ModelState.step`'s scale):
+    - sum: 1, each worker's gradient at the full learning rate, as Downpour, TensorFlow's parameter
+      servers and MXNet's dist_async apply it (the user scales the learning rate);
+    - mean: 1/n, so that n updates move the model as one BSP step does (pssim's earlier default);
+    - staleness_aware: 1/max(1, staleness), the learning rate divided by the number of updates the
+      gradient missed (Zhang et al., IJCAI'16), a fresh gradient at the full rate."""
+    if rule == "mean":
+        return 1.0 / workers
+    if rule == "staleness_aware":
+        return 1.0 / max(1, staleness)
+    return 1.0
+
+
 @dataclass
 class AsyncConfig(PolicyConfig):
     name: str = "async"
-    # Each applied gradient (with its weight decay) is scaled by 1/workers ("mean") or not ("sum").
-    gradient_scale: str = "mean"
+    # The update rule for each applied gradient (`update_scale`): sum (each at the full learning rate, as
+    # the real systems do), mean (1/workers), or staleness_aware (learning rate / staleness).
+    gradient_scale: str = "sum"
 
     def check(self, config) -> None:
-        one_of("policy.gradient_scale", self.gradient_scale, ("mean", "sum"))
+        one_of("policy.gradient_scale", self.gradient_scale, UPDATE_RULES)
 
 
 @register("async")
@@ -27,15 +46,15 @@ class Asynchronous(Policy):
     Staleness of a gradient = the shard's version when it is applied - the version it was computed on.
     A worker's clock is the number of its gradients the servers have applied; `clock_lead` records how
     far ahead of the slowest worker it was when it began a step (unbounded under ASP).
-    policy.gradient_scale=mean scales each update by 1/n, so that n applied gradients move the model
-    as far as one BSP step does and train.lr means the same under every policy; =sum applies it whole.
+    policy.gradient_scale is the update rule (`update_scale`): sum (the default, as the real systems),
+    mean or staleness_aware; weight decay is weighed with the gradient.
     """
 
     Config = AsyncConfig
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.scale = 1.0 / self.n if self.cfg.gradient_scale == "mean" else 1.0
+        self.rule = getattr(self.cfg, "gradient_scale", "sum")
         self.clocks = MinClock(self.env, self.n)  # worker i's clock: its gradients applied so far
 
     def worker(self, w):
@@ -59,7 +78,7 @@ class Asynchronous(Policy):
                 return
             staleness = shard.version - versions_used[shard.index]
             worker.current.staleness = max(worker.current.staleness, staleness)
-            self.servers.apply(shard, grad, self.scale)
+            self.servers.apply(shard, grad, update_scale(self.rule, self.n, staleness))
 
         return on_arrival
 

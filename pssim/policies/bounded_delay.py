@@ -10,7 +10,7 @@ task numbered below t - tau has finished, where tau is `policy.max_delay`:
 - tau = null (no bound) is eventual consistency: nobody ever waits, which is ASP exactly;
 - in between, a straggling task holds everybody back once tau later tasks have started.
 
-Servers are ASP's (each gradient applied on arrival, scaled by 1/n under gradient_scale=mean); staleness
+Servers are ASP's (each gradient applied on arrival under async's update rule, policy.gradient_scale); staleness
 and clock_lead are recorded as under ASP. A gradient of task t misses at most 2 tau updates: its pull
 follows the finish of every task below t - tau, and no task above t + tau can start before t finishes.
 
@@ -27,7 +27,6 @@ from itertools import count
 
 import simpy
 
-import torch
 
 from pssim.comm.gates import Clock
 from pssim.comm.ring import Ring, range_name
@@ -63,6 +62,7 @@ class BoundedDelayConfig(AsyncConfig):
                 "must be an integer in [1, 1024]")
         one_of("policy.task", self.task, ("worker", "iteration"))
         if self.task == "iteration":
+            one_of("policy.gradient_scale", self.gradient_scale, ("sum", "mean"))  # one update per iteration
             require(not uses_ring(config), "policy.task", self.task,
                     "iteration tasks keep each iteration's partial sums on its server, which are not "
                     "replicated: use policy.replicas=0 and no server_crash fault, or policy.task=worker")
@@ -282,14 +282,14 @@ class Replication:
     Replication (after aggregation, as in OSDI'14): each time a range applies a gradient, its primary
     sends the updated range (its wire bytes) to each of its k live ring successors: the primary's CPU
     sends (transport cost per byte), a flow crosses the network, the replica's CPU receives (transport
-    plus aggregation cost per byte, as for a push); the copy (parameters, momentum, vector clock) is
+    plus aggregation cost per byte, as for a push); the copy (parameters, optimizer state, vector clock) is
     held once that CPU work is done: it has landed. The worker's push is acknowledged when the primary
     has applied it, without waiting for replication, so an update acknowledged but not yet replicated
     can be lost. A copy that lands after its sender crashed is dropped (the handoff has happened).
 
     Crash: the crashed host leaves the ring; each range it owned goes to the next live host of its
     chain. If that host holds a landed copy the range resumes from it; otherwise (k = 0, or no copy had
-    landed yet) from the last checkpoint, the initial parameters with zero momentum. Lost updates: the
+    landed yet) from the last checkpoint, the initial parameters with a fresh optimizer state. Lost updates: the
     updates in the crashed primary's vector clock beyond the copy's. Copies the crashed host held are
     gone; the new primary replicates to its own k live successors from its next update on.
     """
@@ -304,7 +304,7 @@ class Replication:
         self.cpus = {s.host: s.cpu for s in shards}  # each server host's CPU (shard j was built on server j)
         self.initial = ctx.initial_params
         self.clocks = [[0] * policy.n for _ in shards]
-        self.copies: list[dict[str, tuple]] = [{} for _ in shards]  # range -> host -> (params, momentum, clock)
+        self.copies: list[dict[str, tuple]] = [{} for _ in shards]  # range -> host -> (params, optimizer state, clock)
         self.replicated_bytes = 0.0
         self.log: list[tuple[int, str, str, int, float, float]] = []  # (range, from, to, updates, sent, landed)
         self.resend_fault = None
@@ -327,7 +327,7 @@ class Replication:
         if self.k == 0:
             return
         state = shard.state
-        copy = (None if state is None else state.params.clone(), None if state is None else state.momentum.clone(),
+        copy = (None if state is None else state.params.clone(), None if state is None else state.state_snapshot(),
                 list(self.clocks[j]))
         for dst in self.successors(j):
             self.env.process(self._replicate(shard, shard.host, dst, copy))
@@ -358,12 +358,11 @@ class Replication:
             copy = self.copies[j].get(new)
             if copy is None:  # no replica: the last checkpoint, the initial parameters
                 n = len(self.clocks[j])
-                copy = (None if self.initial is None else self.initial[shard.lo:shard.hi].clone(),
-                        None if shard.state is None else torch.zeros_like(shard.state.momentum), [0] * n)
+                copy = (None if self.initial is None else self.initial[shard.lo:shard.hi].clone(), None, [0] * n)
             lost = sum(self.clocks[j]) - sum(copy[2])
-            if shard.state is not None:
+            if shard.state is not None:  # the parameters and the optimizer state (None: fresh) as copied
                 shard.state.params.copy_(copy[0])
-                shard.state.momentum.copy_(copy[1])
+                shard.state.restore(copy[1])
             self.clocks[j] = list(copy[2])
             self._place(shard, new)
             if fault is not None and lost:
