@@ -209,13 +209,13 @@ class WorkloadConfig:
     separation: float = 2.0
     # sparse_logistic: fraction of the features set in each sample (its nonzeros), in (0, 1].
     density: float = 0.01
+    # zipf_topics (bag_of_words): tokens per sample, and the Zipf exponent of token popularity.
+    context: int = 8
+    zipf: float = 1.0
     # float32, or float64 for exact comparisons.
     dtype: str = "float32"
 
 
-    # zipf_topics (bag_of_words): tokens per sample, and the Zipf exponent of token popularity.
-    context: int = 8
-    zipf: float = 1.0
 OPTIMIZERS = ("sgd", "adam", "rmsprop")  # pssim/workload/optimizer.py implements them
 
 
@@ -237,14 +237,17 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
-    # Held-out loss whose first crossing sets time_to_target_s (checked after every global step).
-    target_loss: float | None = None
-    # False: timing only, no gradients (for very large clusters).
-    numerics: bool = True
     # Adam's (beta1, beta2); Adam's and RMSProp's eps; RMSProp's smoothing constant alpha.
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     alpha: float = 0.99
+    # Linear learning-rate warm-up (Goyal et al. 2017): the t-th update of the model (of a server shard)
+    # uses lr x min(1, t / warmup_steps); 0: none.
+    warmup_steps: int = 0
+    # Held-out loss whose first crossing sets time_to_target_s (checked after every global step).
+    target_loss: float | None = None
+    # False: timing only, no gradients (for very large clusters).
+    numerics: bool = True
 
 
 @dataclass
@@ -344,6 +347,8 @@ def check_core(c: Config) -> None:
     require(0 <= w.separation <= 1e6, "workload.separation", w.separation, "must be in [0, 1e6]")
     require(math.isfinite(w.density) and 0 < w.density <= 1, "workload.density", w.density, "must be in (0, 1]")
     require(w.classes <= 10_000, "workload.classes", w.classes, "must be <= 10,000")
+    require(1 <= w.context <= 10_000, "workload.context", w.context, "must be in [1, 10,000] tokens")
+    require(math.isfinite(w.zipf) and 0 <= w.zipf <= 10, "workload.zipf", w.zipf, "must be in [0, 10]")
     if c.train.numerics:  # the generated data must fit in memory (8 bytes a value at most)
         row = w.context if w.dataset == "zipf_topics" else w.features  # token ids, or features
         data_bytes = (w.train_samples + w.eval_samples) * row * 8
@@ -353,8 +358,6 @@ def check_core(c: Config) -> None:
     t = c.train
     require(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
     require(t.samples is None or t.samples >= 1, "train.samples", t.samples, "must be >= 1 (or null: use train.steps)")
-    require(1 <= w.context <= 10_000, "workload.context", w.context, "must be in [1, 10,000] tokens")
-    require(math.isfinite(w.zipf) and 0 <= w.zipf <= 10, "workload.zipf", w.zipf, "must be in [0, 10]")
     require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     if t.numerics:  # timing-only runs never read the data set
         require(w.train_samples >= cl.workers * t.batch_size, "workload.train_samples", w.train_samples,
@@ -364,13 +367,14 @@ def check_core(c: Config) -> None:
     require(t.target_loss is None or 0 <= t.target_loss <= 1e6, "train.target_loss", t.target_loss,
             "must be in [0, 1e6] (a cross-entropy), or null")
     require(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
-    require(0 <= t.weight_decay <= 1e3, "train.weight_decay", t.weight_decay, "must be in [0, 1e3]")
-    require(c.eval.every >= 1, "eval.every", c.eval.every, "must be >= 1")
-    require(c.eval.every_samples is None or c.eval.every_samples >= 1, "eval.every_samples", c.eval.every_samples,
-            "must be >= 1 (or null: use eval.every)")
-    require(c.output.trace_steps >= 0, "output.trace_steps", c.output.trace_steps, "must be >= 0 (0: all)")
     one_of("train.optimizer", t.optimizer, OPTIMIZERS)
     require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", list(t.betas),
             "must be two numbers in [0, 1) (Adam's beta1, beta2)")
     require(0 < t.eps <= 1, "train.eps", t.eps, "must be in (0, 1]")
     require(0 <= t.alpha < 1, "train.alpha", t.alpha, "must be in [0, 1)")
+    require(0 <= t.warmup_steps <= 10_000_000, "train.warmup_steps", t.warmup_steps, "must be in [0, 1e7] (0: no warm-up)")
+    require(0 <= t.weight_decay <= 1e3, "train.weight_decay", t.weight_decay, "must be in [0, 1e3]")
+    require(c.eval.every >= 1, "eval.every", c.eval.every, "must be >= 1")
+    require(c.eval.every_samples is None or c.eval.every_samples >= 1, "eval.every_samples", c.eval.every_samples,
+            "must be >= 1 (or null: use eval.every)")
+    require(c.output.trace_steps >= 0, "output.trace_steps", c.output.trace_steps, "must be >= 0 (0: all)")

@@ -26,7 +26,7 @@ from pssim.config import ClusterConfig, Config, ConfigError, PolicyConfig, check
 from pssim.faults import FAULT_MODELS
 from pssim.policies import POLICIES
 from pssim.workload.data import DATASETS
-from pssim.workload import language  # noqa: F401  (registers the bag_of_words model)
+from pssim.workload import conv, language  # noqa: F401  (register the cnn and bag_of_words models)
 from pssim.workload.models import MODELS, build_model
 from pssim.workload.profiles import PROFILES
 

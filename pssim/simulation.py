@@ -65,7 +65,7 @@ class Simulation:
 
         model = None
         if c.train.numerics:
-            model = ModelState(workload.init_params(), make_optimizer(c.train))
+            model = ModelState(workload.init_params(), make_optimizer(c.train), warmup_steps=c.train.warmup_steps)
         self.ctx = ctx = RunContext(env, c, network, cluster, workload, model,
                                     initial_params=model.snapshot() if model is not None else None,
                                     recorder=Recorder(), progress=Progress(env, c.train.steps))

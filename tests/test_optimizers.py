@@ -107,3 +107,26 @@ def test_asynchronous_update_rules_replay_exactly_from_the_steps_table(rule, wei
         grad = wl.gradient(history[row.version], row.worker, row.step)
         expected = history[row.k] - lr * weight(n, row.staleness) * grad
         assert torch.allclose(history[row.k + 1], expected, atol=1e-12, rtol=0), (rule, row.k)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_warmup_equals_torchs_lambda_lr_on_a_plain_loop(optimizer):
+    """train.warmup_steps=w: BSP equals torch.optim with LambdaLR(lambda k: min(1, (k + 1) / w)) (Goyal et
+    al.'s linear warm-up), stepped after each optimizer step."""
+    workers, steps, w = 2, 8, 5
+    result = simulate(record_params=True, **fast(cluster__workers=workers, cluster__servers=2, train__steps=steps,
+                                                 train__batch_size=8, workload__dtype="float64",
+                                                 train__optimizer=optimizer, train__warmup_steps=w,
+                                                 train__lr=0.2 if optimizer == "sgd" else 0.01))
+    cfg = result.config
+    wl = workload_for(cfg)
+    model = torch_mlp(wl.init_params(), wl.model.widths)
+    opt = TORCH[optimizer](model.parameters(), cfg.train)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / w))
+    for t in range(steps):
+        rows = torch.as_tensor([r for i in range(workers) for r in wl.batch_indices(i, t)])
+        opt.zero_grad()
+        F.cross_entropy(model(wl.data.x_train[rows]), wl.data.y_train[rows]).backward()
+        opt.step()
+        sched.step()
+        assert torch.allclose(result.param_history[t + 1], flatten_torch(model), atol=1e-9, rtol=0), t

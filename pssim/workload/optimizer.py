@@ -8,6 +8,9 @@ tensors (`state_names`: one buffer the shape of the parameters each), which `Mod
 slices with the parameters, so they shard across servers as the parameters do; a state's step count
 (Adam's bias correction) is the number of updates its slice has applied.
 
+A learning-rate warm-up (`warmup_steps` w, Goyal et al. 2017) multiplies lr by min(1, t / w) at a
+state's t-th update (t = 1, 2, ...), as torch's LambdaLR(lambda k: min(1, (k + 1) / w)) does.
+
 `scale` weighs one update (an asynchronous rule's 1/n, or 1/staleness): SGD multiplies the direction it
 adds to its momentum (gradient plus weight decay), so n updates at 1/n move the model as one BSP step
 does; Adam and RMSProp, whose steps do not depend on the gradient's scale, multiply their step size.
@@ -30,8 +33,10 @@ class SGD:
     weight_decay: float = 0.0
     state_names = ("momentum",)
 
-    def step(self, param: torch.Tensor, grad: torch.Tensor, state: dict, scale: float = 1.0, t: int = 1) -> None:
+    def step(self, param: torch.Tensor, grad: torch.Tensor, state: dict, scale: float = 1.0, t: int = 1,
+             lr_factor: float = 1.0) -> None:
         """param -= lr * (momentum * buf + d), d = scale * (grad + weight_decay * param); buf updated in place.
+        `lr_factor` multiplies lr (a schedule: warm-up), as torch's schedulers set it before a step.
 
         `scale` multiplies the whole direction, weight decay included: an asynchronous server that
         applies each of n gradients at 1/n must also decay at 1/n, or it decays n times too strongly.
@@ -43,7 +48,7 @@ class SGD:
             buf = state["momentum"]
             buf.mul_(self.momentum).add_(d)
             d = buf
-        param.add_(d, alpha=-self.lr)
+        param.add_(d, alpha=-self.lr * lr_factor)
 
 
 @dataclass(frozen=True)
@@ -56,14 +61,15 @@ class Adam:
     weight_decay: float = 0.0
     state_names = ("exp_avg", "exp_avg_sq")
 
-    def step(self, param: torch.Tensor, grad: torch.Tensor, state: dict, scale: float = 1.0, t: int = 1) -> None:
-        """One step, the t-th of this state (t >= 1); the step size is scaled by `scale`."""
+    def step(self, param: torch.Tensor, grad: torch.Tensor, state: dict, scale: float = 1.0, t: int = 1,
+             lr_factor: float = 1.0) -> None:
+        """One step, the t-th of this state (t >= 1); the step size is scaled by `scale` and `lr_factor`."""
         beta1, beta2 = self.betas
         g = grad.add(param, alpha=self.weight_decay) if self.weight_decay else grad
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.lerp_(g, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(g, g.conj(), value=1 - beta2)
-        step_size = self.lr * scale / (1 - beta1 ** t)
+        step_size = self.lr * lr_factor * scale / (1 - beta1 ** t)
         denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** t)).add_(self.eps)
         param.addcdiv_(exp_avg, denom, value=-step_size)
 
@@ -80,7 +86,8 @@ class RMSprop:
     weight_decay: float = 0.0
     state_names = ("square_avg", "momentum")
 
-    def step(self, param: torch.Tensor, grad: torch.Tensor, state: dict, scale: float = 1.0, t: int = 1) -> None:
+    def step(self, param: torch.Tensor, grad: torch.Tensor, state: dict, scale: float = 1.0, t: int = 1,
+             lr_factor: float = 1.0) -> None:
         g = grad.add(param, alpha=self.weight_decay) if self.weight_decay else grad
         square_avg = state["square_avg"]
         square_avg.mul_(self.alpha).addcmul_(g, g, value=1 - self.alpha)
@@ -88,9 +95,9 @@ class RMSprop:
         if self.momentum > 0:
             buf = state["momentum"]
             buf.mul_(self.momentum).addcdiv_(g, avg)
-            param.add_(buf, alpha=-self.lr * scale)
+            param.add_(buf, alpha=-self.lr * lr_factor * scale)
         else:
-            param.addcdiv_(g, avg, value=-self.lr * scale)
+            param.addcdiv_(g, avg, value=-self.lr * lr_factor * scale)
 
 
 def make_optimizer(train):

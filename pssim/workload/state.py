@@ -15,9 +15,10 @@ class ModelState:
     counts the updates this state (a whole model, or one shard's slice) has applied."""
 
     def __init__(self, params: torch.Tensor, optimizer, state: dict[str, torch.Tensor] | None = None,
-                 steps: int = 0):
+                 steps: int = 0, warmup_steps: int = 0):
         self.params = params
         self.optimizer = optimizer
+        self.warmup_steps = warmup_steps  # lr x min(1, t / warmup_steps) at the t-th update (0: none)
         self.state = state if state is not None else {name: torch.zeros_like(params)
                                                       for name in optimizer.state_names}
         self.steps = steps
@@ -32,12 +33,13 @@ class ModelState:
         Adam and RMSProp their step size)."""
         if grad is not None:
             self.steps += 1
-            self.optimizer.step(self.params, grad, self.state, scale, self.steps)
+            factor = min(1.0, self.steps / self.warmup_steps) if self.warmup_steps else 1.0
+            self.optimizer.step(self.params, grad, self.state, scale, self.steps, factor)
 
     def slice(self, lo: int, hi: int) -> "ModelState":
         """A view of parameters [lo, hi) and their optimizer state; stepping it steps this state."""
         return ModelState(self.params[lo:hi], self.optimizer, {k: v[lo:hi] for k, v in self.state.items()},
-                          self.steps)
+                          self.steps, self.warmup_steps)
 
     def state_snapshot(self) -> tuple[dict[str, torch.Tensor], int]:
         """A copy of the optimizer state and the step count (a server handing its range over)."""

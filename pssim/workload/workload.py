@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from pssim.seeding import Streams
 from pssim.workload.data import DATASETS
-from pssim.workload import language  # noqa: F401  (registers the bag_of_words model)
+from pssim.workload import conv, language  # noqa: F401  (register the cnn and bag_of_words models)
 from pssim.workload.models import Model, build_model
 from pssim.workload.profiles import make_profile
 
