@@ -92,12 +92,12 @@ def test_optimizer_matches_torch_sgd():
     g = torch.Generator().manual_seed(0)
     p0 = torch.randn(50, generator=g, dtype=torch.float64)
     grads = [torch.randn(50, generator=g, dtype=torch.float64) for _ in range(6)]
-    ours, buf = p0.clone(), torch.zeros(50, dtype=torch.float64)
+    ours, state = p0.clone(), {"momentum": torch.zeros(50, dtype=torch.float64)}
     opt = SGD(lr=0.05, momentum=0.8, weight_decay=0.01)
     theirs = p0.clone().requires_grad_(True)
     torch_opt = torch.optim.SGD([theirs], lr=0.05, momentum=0.8, weight_decay=0.01)
     for grad in grads:
-        opt.step(ours, grad, buf)
+        opt.step(ours, grad, state)
         theirs.grad = grad.clone()
         torch_opt.step()
     assert torch.allclose(ours, theirs.detach(), atol=1e-14)

@@ -137,7 +137,8 @@ class Parallax(RingAllReduce):
         self.servers = PartitionServers(self.env, self.network, server_hosts, threads,
                                         c.aggregation_ns_per_byte * 1e-9, ctx.cluster.nic.cpu_s_per_byte,
                                         cfg.message_us * 1e-6, "ps")
-        ctx.recorder.add_cpus(self.servers.cpu_threads())
+        if self.sparse or self.architecture == "ps":  # servers that hold something (their CPUs in the trace)
+            ctx.recorder.add_cpus(self.servers.cpu_threads())
         self.placement = self._place(server_hosts)
         if self.architecture != "ps":
             self.profile = dense_view(self.full_profile)  # the fusion cycle buffers dense gradients only

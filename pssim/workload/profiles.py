@@ -80,9 +80,8 @@ class Layer:
             if self.rows < 1 or self.params % self.rows:
                 raise ValueError(f"sparse layer {self.name}: rows ({self.rows}) must be >= 1 and divide "
                                  f"its parameters ({self.params})")
-            if self.lookups < 0 or self.batch_lookups < 0 or self.lookups + self.batch_lookups < 1:
-                raise ValueError(f"sparse layer {self.name}: lookups and batch_lookups must be >= 0 and "
-                                 "not both 0 (a batch must look up some row)")
+            if self.lookups < 0 or self.batch_lookups < 0:
+                raise ValueError(f"sparse layer {self.name}: lookups and batch_lookups must be >= 0")
             if not self.zipf >= 0:
                 raise ValueError(f"sparse layer {self.name}: zipf must be >= 0, not {self.zipf}")
         elif self.rows or self.lookups or self.batch_lookups:
