@@ -6,11 +6,17 @@ the overhead against a FLOOR. It also times the default command line, ``python -
 (interpreter start, imports, Hydra composition, the run and its output files).
 
 Why: the workers compute real torch gradients, so part of every run's wall time is unavoidable. The
-floor is that part: a plain loop that computes the same number of gradients on the same model, batch
-size and data (``Workload.gradient``) plus one SGD update each, with no simulation at all. The
-overhead ``wall / floor`` is then what the simulation itself costs (event dispatch, the flow
-network, records, tables). A timing-only scenario (``train.numerics=False``) computes no gradients,
-so its floor is zero and its overhead is printed as '-': it measures pure simulation speed.
+floor is that part, written as independent plain torch code (``honest_floor``): ``nn.Linear`` layers
+loaded with the run's initial parameters, ``torch.optim.SGD`` with the run's settings, and per global
+step the gradients the run folds into it (every worker's batch under BSP, accumulated by
+``backward`` and averaged; one batch under ASP/SSP), then one optimizer step. It indexes the same
+batches of the same data (the run's own ``Workload``, built outside the timed loop) and does nothing
+pssim-specific: no flat parameter vector, no ``Workload.gradient``. The overhead ``wall / floor`` is
+then everything the simulator adds (flat-vector gradients, shards, event dispatch, the flow network,
+records, tables). For BSP scenarios the floor's final parameters are also compared with the run's
+(``floor_diff``: they compute the same gradients, so they agree to float rounding). A timing-only
+scenario (``train.numerics=False``) computes no gradients, so its floor is zero and its overhead is
+printed as '-': it measures pure simulation speed.
 
 Usage:
     python benchmarks/run.py                      # every scenario, best of 3, plus the CLI line
@@ -45,9 +51,10 @@ import pssim
 
 import simpy
 import torch
+import torch.nn.functional as F
 
 from pssim.seeding import Streams
-from pssim.workload.optimizer import SGD
+from pssim.workload.models import Model
 from pssim.workload.workload import Workload
 
 QUIET = {"output.progress": False, "output.trace": False}
@@ -63,6 +70,7 @@ SCENARIOS: dict[str, dict] = {
     "sync32_timing": {"cluster.workers": 32, "policy": "sync", "train.numerics": False,
                       "train.steps": 200},
     "sync8_servers4": {"cluster.workers": 8, "cluster.servers": 4, "train.steps": 200},
+    "sync16": {"cluster.workers": 16, "policy": "sync", "train.steps": 200},  # issue 10's BSP scenario
 }
 
 # The 64-GPU comparison of the README: eight 8-GPU machines (plus 4 CPU machines, used by byteps),
@@ -92,6 +100,7 @@ class Row:
     floor_s: float
     overhead: float | None  # wall_s / floor_s; None when the floor is zero
     repeats: int
+    floor_diff: float | None = None  # BSP: max |floor's final params - the run's|; None otherwise
 
 
 # -- measuring ---------------------------------------------------------------------------------------
@@ -107,51 +116,91 @@ def best_of(repeats: int, fn):
     return best
 
 
-def gradient_count(result) -> int:
-    """How many gradients the run computed and folded into the model.
+def per_step(cfg) -> int:
+    """Gradients folded into one global step: every worker's under BSP, one under ASP/SSP."""
+    return cfg.cluster.workers if cfg.policy.name in SYNCHRONOUS else 1
 
-    BSP (sync, allreduce, byteps, herring) folds every worker's gradient into each global step;
-    ASP/SSP fold one. The steps table has a row per gradient the servers received, so take
-    whichever is larger.
-    """
+
+def gradient_count(result) -> int:
+    """How many gradients the floor computes: global steps x gradients per step (0 timing-only)."""
     cfg = result.config
     if not cfg.train.numerics:
         return 0
-    per_step = cfg.cluster.workers if cfg.policy.name in SYNCHRONOUS else 1
-    return max(len(result.steps), result.summary["global_steps"] * per_step)
+    return result.summary["global_steps"] * per_step(cfg)
 
 
-def floor_loop(overrides: dict, gradients: int) -> float:
-    """Seconds for a plain torch loop: `gradients` x (Workload.gradient + one SGD step), no simulation.
+def plain_torch_model(model: Model, flat: torch.Tensor) -> list[torch.nn.Linear]:
+    """The run's dense layers as nn.Linear modules holding its initial parameters (weight = W.T)."""
+    if type(model) is not Model:
+        raise ValueError(f"the honest floor knows dense Model layers only, not {type(model).__name__}")
+    views = model.views(flat)
+    layers = []
+    for w, b in zip(views[0::2], views[1::2]):
+        layer = torch.nn.Linear(w.shape[0], w.shape[1], dtype=flat.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(w.t())
+            layer.bias.copy_(b)
+        layers.append(layer)
+    return layers
 
-    Workers take turns (worker i % n, its step i // n), so the batches are the simulator's batches.
-    Building the workload (data generation) is not timed, only the loop, on one torch thread.
+
+def honest_floor(overrides: dict, result) -> tuple[float, float | None]:
+    """(seconds, floor_diff) of independent plain torch code computing the run's gradients.
+
+    Per global step: zero the grads; for each gradient the run folds into the step (BSP: worker w's
+    batch of that step, for every w; ASP/SSP: one batch, workers taking turns) forward through
+    nn.Linear/ReLU, cross-entropy, backward (accumulating); average over the batches; one
+    torch.optim.SGD step. Only the loop is timed, on one torch thread as `Simulation.run` uses.
+    floor_diff (BSP only): max |final params - the run's final params|.
     """
-    if gradients == 0:
-        return 0.0
-    cfg = pssim.to_config(**overrides)
-    workers = cfg.cluster.workers
-    wl = Workload(cfg.workload, workers, cfg.train.batch_size, Streams(cfg.seed))
-    params = wl.init_params()
-    momentum = torch.zeros_like(params)
-    sgd = SGD(cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
+    cfg = result.config
+    steps = result.summary["global_steps"]
+    if not cfg.train.numerics or steps == 0:
+        return 0.0, None
+    n, k = cfg.cluster.workers, per_step(cfg)
+    wl = Workload(cfg.workload, n, cfg.train.batch_size, Streams(cfg.seed))
+    layers = plain_torch_model(wl.model, wl.init_params())
+    params = [p for layer in layers for p in layer.parameters()]
+    opt = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                          weight_decay=cfg.train.weight_decay)
+    x_all, y_all = wl.data.x_train, wl.data.y_train
+    if k > 1:  # BSP: every worker's batch of the step
+        batches = [[torch.as_tensor(wl.batch_indices(w, s)) for w in range(n)] for s in range(steps)]
+    else:  # ASP/SSP: worker s % n's (s // n)-th batch
+        batches = [[torch.as_tensor(wl.batch_indices(s % n, s // n))] for s in range(steps)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as Simulation.run does
     try:
         start = time.perf_counter()
-        for i in range(gradients):
-            grad = wl.gradient(params, i % workers, i // workers)
-            sgd.step(params, grad, momentum)
-        return time.perf_counter() - start
+        for step_batches in batches:
+            opt.zero_grad()
+            for idx in step_batches:
+                h = x_all[idx]
+                for i, layer in enumerate(layers):
+                    h = layer(h)
+                    if i < len(layers) - 1:
+                        h = F.relu(h)
+                F.cross_entropy(h, y_all[idx]).backward()
+            if k > 1:
+                for p in params:
+                    p.grad.div_(k)
+            opt.step()
+        seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
+    diff = None
+    if k > 1 and result.params is not None:
+        flat = torch.cat([t.detach().reshape(-1) for layer in layers for t in (layer.weight.t(), layer.bias)])
+        diff = float((flat - result.params).abs().max())
+    return seconds, diff
 
 
 def run_scenario(name: str, repeats: int) -> Row:
     overrides = {**SCENARIOS[name], **QUIET}
     wall, result = best_of(repeats, lambda: pssim.simulate(**overrides))
     gradients = gradient_count(result)
-    floor = min(floor_loop(overrides, gradients) for _ in range(repeats))
+    floors = [honest_floor(overrides, result) for _ in range(repeats)]
+    floor, floor_diff = min(f for f, _ in floors), floors[0][1]
     events = result.summary["events"]
     return Row(
         scenario=name,
@@ -164,6 +213,7 @@ def run_scenario(name: str, repeats: int) -> Row:
         floor_s=floor,
         overhead=wall / floor if floor > 0 else None,
         repeats=repeats,
+        floor_diff=floor_diff,
     )
 
 
@@ -197,6 +247,7 @@ COLUMNS = [  # (header, Row field, format)
     ("gradients", "gradients", "{}"),
     ("floor_s", "floor_s", "{:.3f}"),
     ("overhead", "overhead", "{:.2f}x"),
+    ("floor_diff", "floor_diff", "{:.1e}"),
 ]
 
 

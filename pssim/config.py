@@ -75,6 +75,10 @@ class ClusterConfig:
     device: str = "v100"
     # One device name per worker for a heterogeneous cluster; empty means every worker uses `device`.
     worker_devices: list[str] = field(default_factory=list)
+    # One device name per GPU, machine by machine (machine j holds GPUs j*g .. j*g + g - 1 of
+    # gpus_per_machine = g): a heterogeneous cluster whose replicas may span GPUs of several types
+    # (HetPipe's virtual workers); empty means worker_devices (or `device`) decides.
+    gpu_devices: list[str] = field(default_factory=list)
     # fp32; tf32 (TF32 tensor cores, A100/H100; fp32 elsewhere); fp16 (mixed precision on tensor cores;
     # about fp32 speed on GPUs without them).
     precision: str = "fp32"
@@ -116,6 +120,10 @@ class NetworkConfig:
     cpu_ns_per_byte: float = MISSING
     # Spray each message over every equal-cost path (AWS EFA's SRD) instead of one ECMP-hashed path.
     multipath: bool = False
+    # A shared cloud fabric's per-VM share (network group only): with m GPU machines in the job, every NIC's
+    # line rate and flow cap are divided by 1 + beta (m - 1) (`Transport.fabric_share`). 0: a dedicated
+    # fabric, every NIC at its line rate whatever the job's size.
+    fabric_share_beta: float = 0.0
 
     def check(self, group: str, kinds: tuple[str, ...]) -> None:
         one_of(f"{group}.transport", self.transport, kinds)
@@ -129,6 +137,9 @@ class NetworkConfig:
                 "must be in [0, 1e6] Gb/s (0: no cap)")
         require(0 <= self.cpu_ns_per_byte <= 1e6, f"{group}.cpu_ns_per_byte", self.cpu_ns_per_byte,
                 "must be in [0, 1e6] ns per byte")
+        limit = 0.0 if group == "intra" else 1e3  # inside a machine there is no shared fabric
+        require(0 <= self.fabric_share_beta <= limit, f"{group}.fabric_share_beta", self.fabric_share_beta,
+                "must be 0 (an intra-node fabric)" if group == "intra" else "must be in [0, 1000]")
 
 
 @dataclass
@@ -314,6 +325,10 @@ def check_core(c: Config) -> None:
     require(cl.gpus_per_worker >= 1, "cluster.gpus_per_worker", cl.gpus_per_worker, "must be >= 1")
     require(len(cl.worker_devices) in (0, cl.workers), "cluster.worker_devices", list(cl.worker_devices),
             f"give one device per worker ({cl.workers}) or none")
+    require(len(cl.gpu_devices) in (0, cl.gpus), "cluster.gpu_devices", list(cl.gpu_devices),
+            f"give one device per GPU (cluster.workers x cluster.gpus_per_worker = {cl.gpus}) or none")
+    require(not (cl.gpu_devices and cl.worker_devices), "cluster.gpu_devices", list(cl.gpu_devices),
+            "set either cluster.gpu_devices (per GPU) or cluster.worker_devices (per worker), not both")
     one_of("cluster.precision", cl.precision, PRECISIONS)
     one_of("cluster.compute", cl.compute, COMPUTE_MODES)
     if cl.samples_per_s is not None:
@@ -321,7 +336,8 @@ def check_core(c: Config) -> None:
                 "must be in (0, 1e9] samples/s (or null: the measured table)")
         require(cl.compute == "measured", "cluster.samples_per_s", cl.samples_per_s,
                 f"is read only with cluster.compute=measured, not {cl.compute}")
-        require(len(set(cl.worker_devices)) <= 1, "cluster.samples_per_s", cl.samples_per_s,
+        require(len(set(cl.worker_devices)) <= 1 and len(set(cl.gpu_devices)) <= 1, "cluster.samples_per_s",
+                cl.samples_per_s,
                 "is one device's throughput: with several cluster.worker_devices register a row per device"
                 " (pssim.cluster.compute.register_measured)")
     gpm = cl.gpus_per_machine

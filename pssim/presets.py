@@ -33,7 +33,8 @@ from pssim.workload.profiles import PROFILES
 CONFIG_DIR = Path(__file__).parent / "conf"
 # Config groups a user picks a preset of; policy is added with `+` (sync is the default policy), and so
 # is an experiment (a named setup that sets keys of several groups: conf/experiment/).
-GROUPS = ("policy", "network", "intra", "topology", "stragglers", "faults", "workload", "profile", "experiment")
+GROUPS = ("policy", "network", "intra", "topology", "stragglers", "faults", "workload", "profile", "cluster",
+          "experiment")
 ADDED_GROUPS = ("policy", "experiment")
 # The key that names a group's preset: setting it alone would relabel, not load, a preset.
 NAME_KEYS = {"policy.name": "policy", "network.name": "network", "intra.name": "intra",
@@ -164,6 +165,8 @@ def validate(c: Config) -> None:
     DEVICES.lookup(c.cluster.device)
     for i, name in enumerate(c.cluster.worker_devices):
         DEVICES.lookup(name, f"cluster.worker_devices[{i}]")
+    for i, name in enumerate(c.cluster.gpu_devices):
+        DEVICES.lookup(name, f"cluster.gpu_devices[{i}]")
     MODELS.lookup(c.workload.name)
     DATASETS.lookup(c.workload.dataset)
     PROFILES.lookup(c.profile.name)

@@ -77,51 +77,58 @@ def speedup(base: tuple[str, ...], other: tuple[str, ...]) -> float:
 
 # -- BytePS vs Horovod (bytedance/byteps README, docs/performance.md) ---------------------------------
 BYTEPS_SOURCE = "bytedance/byteps README and docs/performance.md (chart read off)"
+BYTEPS_ONE_VM_SOURCE = ("bytedance/byteps README charts at 97f39c40 (images/perf_tcp_*.png): the 8-GPU bars, read "
+                        "off by pixel, about +-150 (ResNet-50) / +-90 (VGG-16) images/s")
 BYTEPS = {  # model -> {GPUs: (Horovod, BytePS) images/s}
     "resnet50": {16: (4000, 4800), 32: (7700, 8900), 64: (11500, 16600)},
     "vgg16": {16: (1600, 2450), 32: (2100, 4200), 64: (3350, 6650)},
 }
+BYTEPS_ONE_VM = {"resnet50": (2420, 2550), "vgg16": (1620, 1730)}  # 8 GPUs, one VM: (Horovod, BytePS)
 MODEL_NAMES = {"resnet50": "ResNet-50", "vgg16": "VGG-16"}
-# Why pssim misses these rows (docs/VALIDATION.md, BytePS vs Horovod). Both systems lose throughput per
-# GPU with scale on these VMs (Horovod 28% for ResNet-50 and 48% for VGG-16 from 16 to 64 GPUs; BytePS
-# about 0.07 ms per MB of gradient per (n + 1) machines), which nothing in pssim grows with n.
-HOROVOD_MISS = ("pssim's NCCL ring (2 channels, 21.1 Gb/s NICs) overlaps its traffic with the backward pass and "
-                "keeps its per-GPU throughput from 16 to 64 GPUs; the measured Horovod lost 28% (ResNet-50) and "
-                "48% (VGG-16) per GPU: compute slowed by NCCL kernels, the cloud fabric at 4-8 machines and "
-                "stragglers are candidates, none modelled")
-BYTEPS_MISS = ("at k = n CPU machines every NIC carries M each way whatever n, hidden behind backward; the "
-               "published runs lose about 0.07 ms per MB of gradient per (n + 1) machines, ResNet-50 and VGG-16 "
-               "alike, which nothing in the model grows with n (a cluster-wide fabric limit or stragglers would)")
-SPEEDUP_MISS = ("both systems hide most of their communication behind the backward pass in pssim, so their "
-                "ratio follows the NIC loads (ring 1.97 M vs BytePS 1.0 M per NIC) only where communication "
-                "is exposed (VGG-16 at 32 and 64 GPUs); the published gaps come from the scaling losses above")
-MISSES = {("resnet50", 16, "horovod"), ("resnet50", 32, "horovod"), ("resnet50", 64, "horovod"),
-          ("resnet50", 64, "byteps"), *((m, g, k) for m in BYTEPS for g in (16, 32, 64) for k in ("speedup",)),
-          *(("vgg16", g, k) for g in (16, 32, 64) for k in ("horovod", "byteps"))}
-
-
-def _miss(model: str, gpus: int, kind: str) -> str | None:
-    text = {"horovod": HOROVOD_MISS, "byteps": BYTEPS_MISS, "speedup": SPEEDUP_MISS}[kind]
-    return text if (model, gpus, kind) in MISSES else None
+# The setups: +experiment=byteps_tcp20_<model>_horovod (NCCL 2.3.7's ring, as the published Horovod ran)
+# and _byteps, each with the cloud's fitted fabric share (network.fabric_share_beta) and overlap loss
+# (policy.overlap_loss). Both were fitted on the ResNet-50 rows (benchmarks/fit_byteps_cloud.py); the
+# VGG-16 rows and the one-VM rows are checks.
+FIT_MODEL = "resnet50"
+# Why pssim still misses a row (docs/VALIDATION.md, BytePS vs Horovod): (model, GPUs, kind) -> cause.
+# The fabric share and the overlap loss are the same for both systems, so the gap between them comes only
+# from what each moves through a NIC and how much of it overlaps the backward pass.
+SPEEDUP_MISS = ("the fitted fabric share and overlap loss hit both systems alike, so pssim's gap is the NIC loads "
+                "(a ring of n GPUs 2(n-1)/n M per NIC, BytePS M) and their overlap alone; the published Horovod "
+                "also lost more than BytePS in ways not modelled: already on one VM (the 8-GPU bars: Horovod "
+                "-10%, BytePS -5% of ideal), and with scale on VGG-16 (pssim's Horovod +23% and +25% at 32 and "
+                "64 GPUs, its BytePS -10%): Horovod 0.16's per-tensor negotiation through rank 0 every 5 ms cycle "
+                "(BytePS's rationale.md: the global barrier before each allreduce), NCCL 2.3.7's one blocking "
+                "socket per connection")
+BYTEPS_MISSES: dict[tuple[str, int, str], str] = {
+    ("resnet50", 16, "speedup"): f"pssim +14% against +20%: {SPEEDUP_MISS}",
+    ("resnet50", 64, "speedup"): f"pssim +30% against +44%: {SPEEDUP_MISS}",
+    ("vgg16", 32, "speedup"): f"pssim +46% against +100%: {SPEEDUP_MISS}",
+    ("vgg16", 64, "speedup"): f"pssim +42% against +99%: {SPEEDUP_MISS}",
+}
 
 
 def _byteps_rows() -> list[Row]:
     rows = []
+    section = "BytePS vs Horovod: V100 x 8 per VM, 20 Gbps TCP, fp32, batch 64"
     for model, sizes in BYTEPS.items():
-        for gpus, (horovod, byteps) in sizes.items():
-            setup = (f"+experiment=byteps_tcp20_{model}", f"cluster.workers={gpus}")
-            allreduce, ps = (*setup, "+policy=allreduce"), (*setup, "+policy=byteps")
-            name = MODEL_NAMES[model]
-            section = "BytePS vs Horovod: V100 x 8 per VM, 20 Gbps TCP, fp32, batch 64"
+        name = MODEL_NAMES[model]
+        role = "fit" if model == FIT_MODEL else "check"
+        one_vm = {8: BYTEPS_ONE_VM[model]}
+        for gpus, (horovod, byteps) in {**one_vm, **sizes}.items():
+            allreduce = (f"+experiment=byteps_tcp20_{model}_horovod", f"cluster.workers={gpus}")
+            ps = (f"+experiment=byteps_tcp20_{model}_byteps", f"cluster.workers={gpus}")
+            source, row_role = (BYTEPS_ONE_VM_SOURCE, "check") if gpus == 8 else (BYTEPS_SOURCE, role)
+            miss = lambda kind, gpus=gpus: BYTEPS_MISSES.get((model, gpus, kind))  # noqa: E731
             rows += [
-                Row(section, f"{name}, Horovod (NCCL), {gpus} GPUs", horovod, "images/s", BYTEPS_SOURCE,
-                    lambda allreduce=allreduce: throughput(*allreduce), tolerance=0.25,
-                    miss=_miss(model, gpus, "horovod")),
-                Row(section, f"{name}, BytePS, {gpus} GPUs", byteps, "images/s", BYTEPS_SOURCE,
-                    lambda ps=ps: throughput(*ps), tolerance=0.25, miss=_miss(model, gpus, "byteps")),
+                Row(section, f"{name}, Horovod (NCCL), {gpus} GPUs", horovod, "images/s", source,
+                    lambda allreduce=allreduce: throughput(*allreduce), row_role, 0.25, miss("horovod")),
+                Row(section, f"{name}, BytePS, {gpus} GPUs", byteps, "images/s", source,
+                    lambda ps=ps: throughput(*ps), row_role, 0.25, miss("byteps")),
+                # One VM: a +5% gap read off two bars of +-150 images/s is not a figure to hold pssim to.
                 Row(section, f"{name}, BytePS over Horovod, {gpus} GPUs", 100.0 * (byteps / horovod - 1), "%",
-                    BYTEPS_SOURCE, lambda a=allreduce, b=ps: speedup(a, b), tolerance=0.25,
-                    miss=_miss(model, gpus, "speedup")),
+                    source, lambda a=allreduce, b=ps: speedup(a, b), row_role, None if gpus == 8 else 0.25,
+                    miss("speedup")),
             ]
     return rows
 

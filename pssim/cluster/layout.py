@@ -15,11 +15,15 @@ machine j is a node `machine<j>` (its CPU, memory and NIC) and GPU l of it is `m
   GPU-to-GPU traffic crosses two NVLinks; GPU <-> host copies and traffic leaving the machine cross the
   GPU's PCIe link (PCIe links cost 2 in routing, so no GPU-to-GPU route goes through the host).
 Either way intra-machine traffic never touches the NIC, and all links follow the same flow model.
+
+An `assignment` (HetPipe's allocation policies, pssim/cluster/allocation.py) replaces the consecutive
+rule: worker i's stages are then the GPUs assignment[i], in stage order, wherever they are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from pssim.network.topology import Topology
 from pssim.network.transport import GBPS, Transport
@@ -45,10 +49,12 @@ class Layout:
     cpu_machines: tuple[str, ...]
     servers: tuple[str, ...]  # dedicated parameter-server hosts (sync, async, ssp)
     gpus_per_worker: int = 1  # GPUs (pipeline stages) of one data-parallel replica
+    # Each worker's GPU indices in stage order; None: worker i has GPUs i*k .. i*k + k - 1.
+    assignment: tuple[tuple[int, ...], ...] | None = None
 
     @classmethod
     def build(cls, workers: int, gpus_per_machine: int, cpu_machines: int, servers: int,
-              gpus_per_worker: int = 1) -> "Layout":
+              gpus_per_worker: int = 1, assignment=None) -> "Layout":
         k, g = gpus_per_worker, gpus_per_machine
         n = workers * k
         if g == 1:
@@ -60,8 +66,12 @@ class Layout:
         else:
             machines = tuple(f"machine{j}" for j in range(n // g))
             gpus = tuple(f"machine{i // g}.gpu{i % g}" for i in range(n))
+        if assignment is not None:
+            assignment = tuple(tuple(a) for a in assignment)
+            if sorted(i for a in assignment for i in a) != list(range(n)) or any(len(a) != k for a in assignment):
+                raise ValueError(f"an assignment must give each of {workers} workers {k} distinct GPUs of {n}")
         return cls(g, gpus, machines, tuple(f"cpu{c}" for c in range(cpu_machines)),
-                   tuple(f"server{j}" for j in range(servers)), k)
+                   tuple(f"server{j}" for j in range(servers)), k, assignment)
 
     @property
     def workers(self) -> int:
@@ -70,10 +80,14 @@ class Layout:
     @property
     def hosts(self) -> tuple[str, ...]:
         """Each worker's host: the node of its first stage (its pushes and pulls leave from there)."""
+        if self.assignment is not None:
+            return tuple(self.gpus[a[0]] for a in self.assignment)
         return self.gpus[::self.gpus_per_worker]
 
-    def worker_gpus(self, worker: int) -> range:
+    def worker_gpus(self, worker: int) -> Sequence[int]:
         """The GPU indices of worker's stages, in stage order."""
+        if self.assignment is not None:
+            return self.assignment[worker]
         k = self.gpus_per_worker
         return range(worker * k, (worker + 1) * k)
 
@@ -91,10 +105,12 @@ class Layout:
 
     def machine_of(self, worker: int) -> int:
         """The machine of worker's first stage."""
-        return self.machine_of_gpu(worker * self.gpus_per_worker)
+        return self.machine_of_gpu(self.worker_gpus(worker)[0])
 
-    def local_workers(self, machine: int) -> range:
+    def local_workers(self, machine: int) -> Sequence[int]:
         """The workers whose first stage is on `machine` (with one GPU per worker: its GPUs)."""
+        if self.assignment is not None:
+            return [w for w in range(self.workers) if self.machine_of(w) == machine]
         g, k = self.gpus_per_machine, self.gpus_per_worker
         return range(-(-machine * g // k), -(-(machine + 1) * g // k))
 

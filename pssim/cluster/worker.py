@@ -57,8 +57,9 @@ class Worker:
     """Computes real gradients, taking the simulated time its device(s) (and straggler draw) dictate.
 
     A worker is one data-parallel replica: `stages`, one per GPU (cluster.gpus_per_worker of them), each
-    with its node, device and consecutive profile layers (`Profile.stages`). Every stage uses the
-    worker's device. `host` is the first stage's node: the worker's pushes and pulls leave from there.
+    with its node, device and consecutive profile layers (`Profile.stages`, or the `layers` given).
+    Every stage uses the worker's device unless `devices` gives one per stage (a virtual worker of
+    heterogeneous GPUs). `host` is the first stage's node: the worker's pushes and pulls leave from there.
     It keeps its data shard (`shard`), its local parameters and their version as last pulled or
     computed on (`params`, `version`), an optimizer-state slot (`optimizer_state`, None under today's
     policies: the servers own the optimizer) and its clock (`clock`: steps it has finished).
@@ -69,8 +70,11 @@ class Worker:
     servers has a row even if the run stops before its communication ends.
     """
 
-    def __init__(self, ctx, index: int, hosts: str | Sequence[str], device: Device, straggler: Straggler):
-        """`hosts`: the nodes of the worker's stages in order (one node: a one-GPU worker)."""
+    def __init__(self, ctx, index: int, hosts: str | Sequence[str], device: Device, straggler: Straggler,
+                 devices: Sequence[Device] | None = None, layers: Sequence[range] | None = None):
+        """`hosts`: the nodes of the worker's stages in order (one node: a one-GPU worker); `devices` and
+        `layers` (optional): each stage's GPU type and profile layers (default: `device` for every stage,
+        layers cut by `Profile.stages`)."""
         hosts = (hosts,) if isinstance(hosts, str) else tuple(hosts)
         self.env = ctx.env
         self.network = ctx.network
@@ -89,12 +93,15 @@ class Worker:
         cl = ctx.config.cluster
         profile, batch = ctx.workload.profile, ctx.workload.batch_size
         # Per-layer times of this worker's batch on its device (measured, model or ideal).
-        self.timing: StepCompute = step_compute(device, profile, cl.precision, batch, cl.compute,
-                                                ctx.config.profile.name, cl.samples_per_s)
+        def timing(d: Device) -> StepCompute:
+            return step_compute(d, profile, cl.precision, batch, cl.compute, ctx.config.profile.name, cl.samples_per_s)
+
+        self.timing: StepCompute = timing(device)
+        devices = tuple(devices) if devices is not None else (device,) * len(hosts)
+        layers = tuple(layers) if layers is not None else profile.stages(len(hosts))
         self.stages: tuple[Stage, ...] = tuple(
-            Stage(s, host, device, layers, self.timing.stage_s(layers),
-                  batch * profile.layers[layers[-1]].activation_bytes)
-            for s, (host, layers) in enumerate(zip(hosts, profile.stages(len(hosts)))))
+            Stage(s, host, d, ls, timing(d).stage_s(ls), batch * profile.layers[ls[-1]].activation_bytes)
+            for s, (host, d, ls) in enumerate(zip(hosts, devices, layers)))
         self._ideal_s = math.fsum(st.compute_s for st in self.stages)
 
     @property

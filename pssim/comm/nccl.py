@@ -123,6 +123,7 @@ class Communicator:
         self.trees = double_binary_tree(len(self.machines))
         self._machine_of = {gpu: j for j, gpus in enumerate(self.machines) for gpu in gpus}
         self._hops: dict[tuple[str, str], Hop] = {}
+        self._rings: dict[int, list[Hop]] = {}  # each channel's ring hops; -1: the trees' hops
         self._bus_bandwidth: float | None = None
         self._fills: dict[tuple[str, int], float] = {}  # pipeline fills, read once like the routes
 
@@ -159,30 +160,43 @@ class Communicator:
         if self.n < 2:
             return
         if self.algorithm_for(nbytes) == "tree":
-            yield from self._run(env, self._tree_transfers(nbytes), self._tree_fill(), tag)
+            yield from self._run(env, self._tree_transfers(nbytes), self._tree_fill() - self._latest("tree"), tag)
         else:
             steps = 2 * (self.n - 1)
-            yield from self._run(env, self._ring_transfers(nbytes, steps), self._ring_fill(steps), tag)
+            yield from self._run(env, self._ring_transfers(nbytes, steps),
+                                 self._ring_fill(steps) - self._latest("ring"), tag)
 
     def reduce_scatter(self, env, nbytes: float, tag: str = "reduce-scatter"):
         """Ring, n-1 steps: member i ends with the sum of slice i (nbytes / n)."""
         if self.n > 1:
             steps = self.n - 1
-            yield from self._run(env, self._ring_transfers(nbytes, steps), self._ring_fill(steps), tag)
+            yield from self._run(env, self._ring_transfers(nbytes, steps),
+                                 self._ring_fill(steps) - self._latest("ring"), tag)
 
     def all_gather(self, env, nbytes: float, tag: str = "all-gather"):
         """Ring, n-1 steps: every member ends with every slice."""
         yield from self.reduce_scatter(env, nbytes, tag)
 
-    def _run(self, env, transfers: list[tuple[Hop, float]], fill: float, tag: str):
-        """Launch; every transfer as its hop's streams of equal flows, all at once; then the rest of the fill."""
+    def _run(self, env, transfers: list[tuple[Hop, float]], rest: float, tag: str):
+        """Launch; every transfer as its hop's streams of equal flows, all at once; then the rest of the
+        fill (`rest`: the fill less the longest hop latency, which the flows paid already)."""
         yield env.timeout(self.settings.launch_s)
-        sends = [self.network.send(hop.src, hop.dst, nbytes / hop.streams, tag)
-                 for hop, nbytes in transfers for _ in range(hop.streams)]
-        for send in sends:  # the collective reports the first failure; a second one must not stop the run
-            send.defused = True
-        yield env.all_of(sends)
-        yield env.timeout(max(0.0, fill - max(hop.latency for hop, _ in transfers)))
+        # all_of over the flows (the first failure is reported, a second does not stop the run)
+        yield self.network.send_all([(hop.src, hop.dst, nbytes / hop.streams)
+                                     for hop, nbytes in transfers for _ in range(hop.streams)], tag)
+        yield env.timeout(max(0.0, rest))
+
+    def _latest(self, kind: str) -> float:
+        """The longest latency of the hops of every channel's ring ("ring") or trees ("tree"): the part
+        of the fill a collective's flows pay themselves (read once, like the fills)."""
+        key = (f"{kind}-latest", 0)
+        if key not in self._fills:
+            if kind == "ring":
+                hops = [hop for k in range(self.settings.channels) for hop in self._ring_hops(k)]
+            else:
+                hops = [hop for hop, _ in self._tree_transfers(0.0)]
+            self._fills[key] = max(hop.latency for hop in hops)
+        return self._fills[key]
 
     # -- rings --------------------------------------------------------------------------------------
     def ring(self, channel: int) -> list[str]:
@@ -190,8 +204,12 @@ class Communicator:
         return [gpus[(channel + i) % len(gpus)] for gpus in self.machines for i in range(len(gpus))]
 
     def _ring_hops(self, channel: int) -> list[Hop]:
-        order = self.ring(channel)
-        return [self.hop(a, b) for a, b in zip(order, order[1:] + order[:1])]
+        """Channel k's ring as hops (read once per channel, as `hop` reads each hop once)."""
+        hops = self._rings.get(channel)
+        if hops is None:
+            order = self.ring(channel)
+            hops = self._rings[channel] = [self.hop(a, b) for a, b in zip(order, order[1:] + order[:1])]
+        return hops
 
     def _ring_transfers(self, nbytes: float, steps: int) -> list[tuple[Hop, float]]:
         """Each channel's ring: every member sends `steps` chunks of nbytes / (n channels) to the next."""
@@ -233,8 +251,11 @@ class Communicator:
     def _tree_transfers(self, nbytes: float) -> list[tuple[Hop, float]]:
         """Each channel reduces its nbytes / channels up its tree and broadcasts it down: both ways on every edge."""
         c = self.settings.channels
-        return [(self.hop(a, b), nbytes / c) for k in range(c)
-                for child, parent in self._tree_edges(k) for a, b in ((child, parent), (parent, child))]
+        hops = self._rings.get(-1)  # every channel's tree edges both ways, read once (key -1)
+        if hops is None:
+            hops = self._rings[-1] = [self.hop(a, b) for k in range(c) for child, parent in self._tree_edges(k)
+                                      for a, b in ((child, parent), (parent, child))]
+        return [(hop, nbytes / c) for hop in hops]
 
     def _tree_fill(self) -> float:
         """Up the deepest path (a chain's last GPU to the root machine's head) and back down."""

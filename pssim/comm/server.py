@@ -26,13 +26,18 @@ class ShardDown(Exception):
 
 
 class Cpu:
-    """A host's CPU cores as a FIFO SimPy resource, with a log of its busy spans for the trace."""
+    """A host's CPU cores as a FIFO SimPy resource, with a log of its busy spans for the trace.
+
+    `busy` grows by one span per work item while `record` is on; a run turns `record` off when it
+    writes no trace (or once the trace window has passed), so memory stays flat in steps.
+    """
 
     def __init__(self, env: simpy.Environment, host: str, cores: int = 1):
         self.env = env
         self.host = host
         self._core = simpy.Resource(env, capacity=cores)
         self.busy: list[tuple[float, float, str]] = []  # (start, end, what)
+        self.record = True
 
     def work(self, seconds: float, what: str):
         """Occupy one core for `seconds`, queued behind earlier work while every core is busy."""
@@ -41,7 +46,8 @@ class Cpu:
             start = self.env.now
             if seconds > 0:
                 yield self.env.timeout(seconds)
-            self.busy.append((start, self.env.now, what))
+            if self.record:
+                self.busy.append((start, self.env.now, what))
 
 
 class ServerShard:

@@ -32,7 +32,8 @@ class Threads:
     Each item's duration is known when it is submitted, so its start is set at once, max(now, the
     earliest time a thread frees), with no queue of waiting processes: the same schedule as a FIFO
     SimPy resource of `threads` servers, at O(log threads) per item however many wait (a server at
-    scale holds thousands of shards). `busy` logs (start, end, what) for the trace, as `Cpu` does.
+    scale holds thousands of shards). `busy` logs (start, end, what) for the trace while `record` is
+    on, as `Cpu` does.
     """
 
     def __init__(self, env: simpy.Environment, host: str, threads: int):
@@ -40,13 +41,15 @@ class Threads:
         self.host = host
         self._free = [env.now] * threads  # a heap of the times each thread is next free
         self.busy: list[tuple[float, float, str]] = []
+        self.record = True
 
     def work(self, seconds: float, what: str):
         """Run `seconds` of work on the first free thread (a generator: returns when it is done)."""
         start = max(self.env.now, heapq.heappop(self._free))
         end = start + seconds
         heapq.heappush(self._free, end)
-        self.busy.append((start, end, what))
+        if self.record:
+            self.busy.append((start, end, what))
         if end > self.env.now:
             yield self.env.timeout(end - self.env.now)
 

@@ -11,6 +11,15 @@ def _mean(series: pd.Series) -> float | None:
     return float(series.mean()) if len(series) else None
 
 
+def device_names(cluster) -> str:
+    """The GPU type, or the types of a heterogeneous cluster with their counts ("titan_v x4, rtx2060 x4")."""
+    per_gpu = list(cluster.gpu_devices) or [d for d in cluster.worker_devices for _ in range(cluster.gpus_per_worker)]
+    if not per_gpu or len(set(per_gpu)) == 1:
+        return per_gpu[0] if per_gpu else cluster.device
+    counts = {d: per_gpu.count(d) for d in dict.fromkeys(per_gpu)}
+    return ", ".join(f"{d} x{k}" for d, k in counts.items())
+
+
 def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, steps: pd.DataFrame,
               evals: pd.DataFrame, status: str = "completed", diverged_at: int | None = None,
               diagnosis: str | None = None) -> dict:
@@ -32,7 +41,7 @@ def summarize(ctx, gradients_per_update: int, sim_time: float, wall_s: float, st
         "topology": c.topology.name,
         "profile": c.profile.name,
         "workload": c.workload.name,
-        "device": c.cluster.device,
+        "device": device_names(c.cluster),
         "precision": c.cluster.precision,
         "stragglers": c.stragglers.model,
         "fault_model": c.faults.model,

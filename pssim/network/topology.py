@@ -10,6 +10,17 @@ links that are up (a link costs 1 unless added with another cost, so routes are 
 a topology says otherwise: a GPU's PCIe link to its host costs more than its NVLink, so GPU-to-GPU
 traffic takes NVLink while host traffic takes PCIe), and the cached routes are dropped whenever a link
 goes down or comes back up.
+
+Routes at scale. A networkx search per (source, destination) pair costs Theta(nodes) each, so Theta(n^3)
+for the n^2 pairs of a parameter-server job at thousands of GPUs. The graphs built here are trees of small
+blocks: a host's NIC link, a rack's ToR-spine mesh, a machine's GPUs with its NVLink switch and host. So
+while every link is up (and links come in pairs of one integer cost), routes are read off the graph's
+block-cut tree (`Blocks`): every path between two nodes passes through the cut vertices on the tree path
+between their blocks and stays inside each block between two of them, so the least-cost paths are the
+products of each block's least-cost paths between its entry and exit (searched once per block and pair,
+in the block alone). That is exactly networkx's set of all shortest paths; both are sorted the same way,
+so the routes, and ECMP's choice among them, are identical. Other graphs (a down link, a one-way or
+fractional cost) take networkx's search as before.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import math
 import zlib
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from itertools import product
 
 import networkx as nx
 
@@ -79,6 +91,7 @@ class Topology:
         self._weight: str | None = None  # "cost" once a link costs other than 1 (else fewest hops, by BFS)
         self.routes = lru_cache(maxsize=None)(self._routes)
         self.route = lru_cache(maxsize=None)(self._route)
+        self._blocks: Blocks | None | bool = None  # the block-cut tree (False: this graph has none usable)
 
     @property
     def links(self) -> list[Link]:
@@ -110,6 +123,11 @@ class Topology:
     def _routes(self, src: str, dst: str) -> tuple[tuple[Link, ...], ...]:
         """Every least-cost path of up links from src to dst, in a fixed order (the equal-cost
         multipath set). Raises `NoRoute` when every path crosses a down link."""
+        if not self.down_links:
+            if self._blocks is None:
+                self._blocks = Blocks.of(self.graph) or False
+            if self._blocks:
+                return self._blocks.routes(src, dst)
         graph = self._up_graph()
         try:
             paths = sorted(nx.all_shortest_paths(graph, src, dst, weight=self._weight))
@@ -137,6 +155,116 @@ class Topology:
             self._weight = "cost"
         self.graph.add_edge(a, b, link=Link(a, b, transport), cost=cost)
         self.graph.add_edge(b, a, link=Link(b, a, transport), cost=cost)
+        self._blocks = None  # the graph changed: its routes too
+        self.routes.cache_clear()
+        self.route.cache_clear()
+
+
+class Blocks:
+    """A graph's block-cut tree, to read least-cost routes off it (module docstring).
+
+    Blocks are the biconnected components of the graph (as undirected); a cut vertex belongs to
+    several. The tree's nodes are ("B", block index) and ("C", cut vertex), rooted per connected
+    component; a node that is not a cut vertex lives in its one block's tree node.
+    """
+
+    def __init__(self, graph: nx.DiGraph, blocks: list[set], weight: str | None):
+        self.graph, self.blocks, self.weight = graph, blocks, weight
+        self.links = {(u, v): d["link"] for u, v, d in graph.edges(data=True)}
+        members: dict = {}
+        for i, block in enumerate(blocks):
+            for v in block:
+                members.setdefault(v, []).append(i)
+        self.home = {v: ("C", v) if len(bs) > 1 else ("B", bs[0]) for v, bs in members.items()}
+        self.parent: dict = {}
+        self.depth: dict = {}
+        self.root: dict = {}
+        for start in range(len(blocks)):  # one BFS per connected component, from its first block
+            if ("B", start) not in self.depth:
+                self._root_at(("B", start), members)
+        self._segments: dict = {}  # (block, entry, exit) -> that block's least-cost paths
+        self._crossings: dict = {}  # (tree node, tree node) -> the blocks between them (`_crossing`)
+
+    @classmethod
+    def of(cls, graph: nx.DiGraph) -> Blocks | None:
+        """The structure of a graph whose every link has a reverse of the same positive integer cost
+        (so sums of costs are exact and paths are the same both ways); None for any other graph."""
+        weighted = False
+        for u, v, cost in graph.edges(data="cost", default=1.0):
+            back = graph.get_edge_data(v, u)
+            if back is None or back.get("cost", 1.0) != cost or not (cost > 0 and float(cost).is_integer()):
+                return None
+            weighted |= cost != 1.0
+        undirected = nx.Graph(graph.edges())
+        return cls(graph, [set(b) for b in nx.biconnected_components(undirected)], "cost" if weighted else None)
+
+    def _root_at(self, root, members) -> None:
+        """Breadth-first over the tree from `root`: parent, depth and component root of each node."""
+        self.parent[root], self.depth[root], self.root[root] = None, 0, root
+        frontier = [root]
+        while frontier:
+            nxt = []
+            for node in frontier:
+                if node[0] == "B":
+                    near = [("C", v) for v in self.blocks[node[1]] if len(members[v]) > 1]
+                else:
+                    near = [("B", b) for b in members[node[1]]]
+                for other in near:
+                    if other not in self.depth:
+                        self.parent[other], self.depth[other], self.root[other] = node, self.depth[node] + 1, root
+                        nxt.append(other)
+            frontier = nxt
+
+    def _tree_path(self, a, b) -> list:
+        """The tree nodes from a to b (both included)."""
+        up, down = [a], [b]
+        while a != b:
+            if self.depth[a] >= self.depth[b]:
+                a = self.parent[a]
+                up.append(a)
+            else:
+                b = self.parent[b]
+                down.append(b)
+        return up + down[-2::-1]
+
+    def _segment(self, block: int, a, b) -> list[tuple[tuple, tuple[Link, ...]]]:
+        """The least-cost paths from a to b inside one block, as (nodes, links), sorted by nodes
+        (searched once per triple)."""
+        key = (block, a, b)
+        paths = self._segments.get(key)
+        if paths is None:
+            inside = self.graph.subgraph(self.blocks[block])
+            nodes = sorted(map(tuple, nx.all_shortest_paths(inside, a, b, weight=self.weight)))
+            paths = self._segments[key] = [(p, tuple(self.links[u, v] for u, v in zip(p, p[1:]))) for p in nodes]
+        return paths
+
+    def _crossing(self, a, b) -> list[tuple[int, object]]:
+        """The blocks a route from tree node a to tree node b crosses, each with the cut vertex it
+        leaves by (None for the last: the destination), read once per pair of tree nodes."""
+        crossing = self._crossings.get((a, b))
+        if crossing is None:
+            path = self._tree_path(a, b)
+            crossing = self._crossings[a, b] = [(node[1], path[i + 1][1] if i + 1 < len(path) else None)
+                                                for i, node in enumerate(path) if node[0] == "B"]
+        return crossing
+
+    def routes(self, src: str, dst: str) -> tuple[tuple[Link, ...], ...]:
+        """Every least-cost path from src to dst as links, in networkx's order (sorted node paths)."""
+        if src not in self.graph:
+            raise nx.NodeNotFound(f"Source {src} is not in G")  # as networkx's search
+        a, b = self.home.get(src), self.home.get(dst)
+        if a is None or b is None or self.root[a] != self.root[b]:
+            raise NoRoute(src, dst)
+        segments, entry = [], src
+        for block, exit_ in self._crossing(a, b):
+            exit_ = dst if exit_ is None else exit_
+            segments.append(self._segment(block, entry, exit_))
+            entry = exit_
+        if all(len(paths) == 1 for paths in segments):  # one path (no ECMP choice): no product, no sort
+            return (sum((paths[0][1] for paths in segments), ()),)
+        joined = [(sum((p[0][1:] for p in part[1:]), part[0][0]), sum((p[1] for p in part), ()))
+                  for part in product(*segments)]
+        return tuple(links for _, links in sorted(joined, key=lambda path: path[0]))
 
 
 def star(hosts: list[str], transport: Transport, switch: str = "switch") -> Topology:

@@ -56,3 +56,18 @@ class Transport:
     def bonded(self, nics: int) -> "Transport":
         """`nics` NICs bonded into one link of nics x the line rate."""
         return self if nics == 1 else replace(self, bandwidth=self.bandwidth * nics)
+
+    def fabric_share(self, machines: int, beta: float) -> "Transport":
+        """The share of a shared cloud fabric that one NIC gets while `machines` GPU machines run the job:
+        line rate and flow cap divided by 1 + beta (machines - 1) (`network.fabric_share_beta`).
+
+        The physical reading: VMs spread over an oversubscribed fabric shared with other tenants
+        (cross-rack uplinks, ECMP collisions of a few elephant flows, the VM's own NIC or vSwitch under
+        load), whose per-VM share falls as the job spans more VMs; the job's aggregate rate saturates
+        near B / beta. It is fitted (docs/VALIDATION.md, BytePS vs Horovod), not measured. beta = 0 (the
+        default) or one machine: this transport itself, unchanged.
+        """
+        if beta == 0 or machines <= 1:
+            return self
+        share = 1.0 + beta * (machines - 1)
+        return replace(self, bandwidth=self.bandwidth / share, flow_cap=self.flow_cap / share)

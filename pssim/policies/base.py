@@ -103,6 +103,19 @@ class Policy:
         trial and times it. The default changes nothing."""
         return config, {}
 
+    @classmethod
+    def placement(cls, config, profile, gpu_devices: list[str]):
+        """Which GPUs form each worker and which profile layers each of its stages runs (a
+        `pssim.cluster.allocation.Placement`), given each GPU's device name; None (the default): worker i
+        runs on GPUs i*k .. i*k + k - 1, its stages cut by MACs (`Profile.stages`)."""
+        return None
+
+    @classmethod
+    def steps_in_flight(cls, config) -> int:
+        """How many of one worker's steps may be in progress at once: 1 (a worker's steps never overlap)
+        unless the policy pipelines them (hetpipe)."""
+        return 1
+
     def start(self) -> None:
         self.processes = [self.env.process(self._guarded(self.worker(w), w.index)) for w in self.workers]
 

@@ -14,6 +14,9 @@ Two drivers, one per kind of barrier between steps:
   input, sent first, let the next forward start while the rest still travels: the overlap that gives
   priority scheduling its worth. The update of step t is still applied once, when every machine has
   it, and before any gradient of step t+1 is taken (the math is BSP's).
+
+The overlap loss (policy.overlap_loss = eta, lockstep only): part of the communication that overlaps the
+backward pass is not really hidden (`overlap_delay` states the rule).
 """
 
 from __future__ import annotations
@@ -60,6 +63,27 @@ def gated_forward(free: float, duration: float, shares: list[float], gates) -> f
     return t
 
 
+def overlap_delay(eta: float, comm_start: float, backward_end: float, comm_end: float, nic_busy: float) -> float:
+    """How long a lockstep step's end waits beyond max(comm_end, backward_end), for an overlap loss eta:
+
+        eta x min(W, nic_busy),   W = max(0, min(backward_end, comm_end) - comm_start)
+
+    W is how long the step's communication and its backward pass ran together (from the step's first
+    communication to the end of the slowest backward pass, or of the communication if that is sooner);
+    nic_busy is the busiest GPU machine's NIC time in the step: the most bytes one direction of one such
+    NIC link carried in the step, over that link's healthy rate (`Link.nominal_capacity`). min(W,
+    nic_busy) bounds the NIC time that overlapped the backward pass, and equals it when all of the NIC's
+    bytes crossed inside the window or the NIC was busy at its rate throughout it. (Bytes at the rate,
+    not the seconds a link held some flow: the loss measured on the cloud is per byte, docs/VALIDATION.md,
+    and a trickle waiting on the slowest server is not traffic that competes with compute.) So eta is
+    the share of the overlapped network communication that stays on the critical path; equivalently the
+    backward pass runs at 1 / (1 + gamma) of its speed while the network is busy, eta = gamma / (1 +
+    gamma). Communication inside a machine (NVLink, PCIe) does not count.
+    """
+    window = max(0.0, min(backward_end, comm_end) - comm_start)
+    return eta * min(window, nic_busy)
+
+
 @dataclass
 class StepBarrier:
     """Cross-barrier: which machines hold step t's update (`ends`: machine -> when); `done` fires once all do."""
@@ -72,9 +96,18 @@ class StepBarrier:
 class ReplicatedConfig(PolicyConfig):
     """Keys shared by the replicated-model policies; each of them subclasses it."""
 
+    # Overlap loss eta in [0, 1]: the share of the network communication that overlaps the backward pass
+    # but is not really hidden (`overlap_delay`: the step ends eta x the overlapped NIC time later). Its
+    # causes are outside the model (gradient order and Horovod's per-tensor negotiation, kernel TCP's CPU
+    # cost in a VM, communication kernels slowing compute); 0: overlap is free, as in the step loop alone.
+    overlap_loss: float = 0.0
+
     def check(self, config) -> None:
         require(config.cluster.gpus_per_worker == 1, "cluster.gpus_per_worker", config.cluster.gpus_per_worker,
                 f"must be 1 for policy {self.name}: its workers are one GPU each")
+        require(0 <= self.overlap_loss <= 1, "policy.overlap_loss", self.overlap_loss, "must be in [0, 1]")
+        require(self.overlap_loss == 0 or not getattr(self, "cross_barrier", False), "policy.overlap_loss",
+                self.overlap_loss, "must be 0 with policy.cross_barrier (only the lockstep driver models it)")
 
 
 class ReplicatedDataParallel(Policy):
@@ -107,6 +140,11 @@ class ReplicatedDataParallel(Policy):
         self._all_up = self.env.event()
         self.machines = [[self.workers[i].host for i in self.layout.local_workers(m)]
                          for m in range(len(self.layout.machines))]
+        self.overlap_loss = self.cfg.overlap_loss
+        # Both directions of every GPU machine's NIC link (the links its NIC transport builds).
+        gpu_machines, nic = set(self.layout.machines), ctx.cluster.nic
+        self._nic_links = [l for l in self.network.topology.links
+                           if l.transport is nic and (l.src in gpu_machines or l.dst in gpu_machines)]
 
     def start(self) -> None:
         self.processes = [self.env.process(self._guarded(self.run(), None))]  # one process drives every worker
@@ -127,9 +165,13 @@ class ReplicatedDataParallel(Policy):
                     rec.compute_end = start + d
                 before = {w.host: self.network.sent[w.host] for w in self.workers}
                 received = {w.host: self.network.received[w.host] for w in self.workers}
+                busy = self._nic_busy() if self.overlap_loss else None
                 try:
                     yield from self.communicate(start, durations, records)
+                    comm_end = self.env.now
                     yield from wait_until(self.env, start + max(durations))  # nothing left to send, backward still running
+                    if self.overlap_loss:
+                        yield from self._overlap_loss(records, start + max(durations), comm_end, busy)
                     break
                 except simpy.Interrupt as interrupt:
                     if not isinstance(interrupt.cause, WorkerCrash):
@@ -151,6 +193,23 @@ class ReplicatedDataParallel(Policy):
                 rec.bytes_received = int(self.network.received[w.host] - received[w.host])
                 w.finish_step()
             self.ctx.progress.advance(step + 1)
+
+    def _nic_busy(self) -> list[float]:
+        """Seconds each direction of every GPU machine's NIC link (`_nic_links`) needed at its healthy rate
+        for the bytes it carried so far (a link down or degraded by a fault keeps its nominal rate here)."""
+        carried = self.network.link_bytes
+        return [carried.get(link, 0.0) / link.nominal_capacity for link in self._nic_links]
+
+    def _overlap_loss(self, records, backward_end: float, comm_end: float, busy_before: list[float]):
+        """Hold the step's end for the overlap loss (`overlap_delay`), once its communication and its
+        slowest backward pass are over; every flow of the step has ended, so the links' bytes are final."""
+        starts = [r.comm_start for r in records if not math.isnan(r.comm_start)]
+        if not starts:
+            return
+        nic_busy = max((after - before for after, before in zip(self._nic_busy(), busy_before)), default=0.0)
+        delay = overlap_delay(self.overlap_loss, min(starts), backward_end, comm_end, nic_busy)
+        if delay > 0:
+            yield self.env.timeout(delay)
 
     # -- cross-barrier -------------------------------------------------------------------------------
     def _run_cross_barrier(self):

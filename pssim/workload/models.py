@@ -51,7 +51,11 @@ class Model:
         return [flat[a:b].view(t.shape) for t, a, b in zip(self.tensors, self.offsets, self.offsets[1:])]
 
     def forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        params = self.views(flat)
+        return self.forward_tensors(self.views(flat), x)
+
+    def forward_tensors(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The forward pass on the tensors themselves (`views(flat)`, or leaves of their own): a
+        gradient then needs no backward through the slicing of one flat vector (`Workload.gradient`)."""
         layers = len(params) // 2
         h = x
         for i in range(layers):

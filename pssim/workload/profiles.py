@@ -8,11 +8,12 @@ conv3x3, conv, gemm, attention, embedding; a layer mixing types lists the others
 elements its memory-bound kernels (norms, activations, softmax, dropout, residual adds, embedding
 gathers) produce (`elementwise`): what pssim/cluster/compute.py times. `Profile.stages(k)` cuts the
 layers into k pipeline stages of a multi-GPU replica. By default the profile is the numerics
-model's own (`profile=model`); a preset (resnet50, vgg16, bert_large) lets the small real model keep
-the numerics while time and bytes follow the big one. Presets are generated from the architectures
-themselves, so their totals can be checked against the published counts (REFERENCES.md, Presets):
-ResNet-50 25,557,032 parameters and ~4.1 GMAC per image, VGG-16 138,357,544 and ~15.5 GMAC,
-BERT-large ~335M.
+model's own (`profile=model`); a preset (resnet50, vgg16, resnet152, vgg19, bert_large, lm_sparse) lets
+the small real model keep the numerics while time and bytes follow the big one. Presets are generated
+from the architectures themselves, so their totals can be checked against the published counts
+(REFERENCES.md, Presets): ResNet-50 25,557,032 parameters and ~4.1 GMAC per image, VGG-16 138,357,544
+and ~15.5 GMAC, ResNet-152 60,192,808 and ~11.6 GMAC, VGG-19 143,667,240 and ~19.6 GMAC, BERT-large
+~335M, Parallax's LM 9.4M dense and 813.3M sparse.
 """
 
 from __future__ import annotations
@@ -192,12 +193,13 @@ def _conv(name: str, k: int, cin: int, cout: int, hw_out: int, kernels: int = 2)
                  out * BYTES_PER_PARAM, op="conv3x3" if k == 3 else "conv", elementwise=kernels * out)
 
 
-def resnet50() -> Profile:
-    """torchvision's ResNet-50 (v1.5: stride on the 3x3), 224 x 224 input, 1000 classes."""
+def resnet(name: str, blocks: list[int]) -> Profile:
+    """torchvision's bottleneck ResNet (v1.5: stride on the 3x3) with `blocks` per stage, 224 x 224 input,
+    1000 classes."""
     layers = [_conv("conv1", 7, 3, 64, 112)]
     cin, hw = 64, 56
-    for stage, (width, blocks) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)], start=1):
-        for b in range(blocks):
+    for stage, (width, count) in enumerate(zip([64, 128, 256, 512], blocks), start=1):
+        for b in range(count):
             stride = 2 if (b == 0 and stage > 1) else 1
             out_hw = hw // stride
             p = f"layer{stage}.{b}"
@@ -209,16 +211,26 @@ def resnet50() -> Profile:
             cin, hw = 4 * width, out_hw
     layers.append(Layer("fc", 2048 * 1000 + 1000, 2048 * 1000, 1000 * BYTES_PER_PARAM,
                         elementwise=1000))  # softmax cross-entropy on the logits
-    return Profile("resnet50", tuple(layers))
+    return Profile(name, tuple(layers))
 
 
-def vgg16() -> Profile:
-    """VGG-16 (configuration D), 224 x 224 input, convolutions with biases, three dense layers.
+def resnet50() -> Profile:
+    """ResNet-50: bottleneck blocks 3, 4, 6, 3."""
+    return resnet("resnet50", [3, 4, 6, 3])
+
+
+def resnet152() -> Profile:
+    """ResNet-152 (HetPipe's model): bottleneck blocks 3, 8, 36, 3; 60,192,808 parameters, 11.5 GMAC."""
+    return resnet("resnet152", [3, 8, 36, 3])
+
+
+def vgg(name: str, plan: list) -> Profile:
+    """A VGG network: 3x3 convolutions with biases of `plan`'s widths ("M": 2x2 max-pooling), 224 x 224
+    input, three dense layers.
 
     A convolution's activations are its output at its own resolution (before any max-pooling).
     Memory-bound kernels: ReLU after each convolution, ReLU and dropout after fc6 and fc7, softmax
     cross-entropy after fc8 (pooling not counted)."""
-    plan = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
     layers, cin, hw = [], 3, 224
     for item in plan:
         if item == "M":
@@ -227,9 +239,20 @@ def vgg16() -> Profile:
         layers.append(Layer(f"conv{len(layers) + 1}", 9 * cin * item + item, 9 * cin * item * hw * hw,
                             item * hw * hw * BYTES_PER_PARAM, op="conv3x3", elementwise=item * hw * hw))
         cin = item
-    for name, fin, fout, kernels in [("fc6", 512 * 7 * 7, 4096, 2), ("fc7", 4096, 4096, 2), ("fc8", 4096, 1000, 1)]:
-        layers.append(Layer(name, fin * fout + fout, fin * fout, fout * BYTES_PER_PARAM, elementwise=kernels * fout))
-    return Profile("vgg16", tuple(layers))
+    for fc, fin, fout, kernels in [("fc6", 512 * 7 * 7, 4096, 2), ("fc7", 4096, 4096, 2), ("fc8", 4096, 1000, 1)]:
+        layers.append(Layer(fc, fin * fout + fout, fin * fout, fout * BYTES_PER_PARAM, elementwise=kernels * fout))
+    return Profile(name, tuple(layers))
+
+
+def vgg16() -> Profile:
+    """VGG-16 (configuration D)."""
+    return vgg("vgg16", [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"])
+
+
+def vgg19() -> Profile:
+    """VGG-19 (configuration E, HetPipe's model): 143,667,240 parameters, 19.6 GMAC."""
+    return vgg("vgg19", [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+                         512, 512, 512, 512, "M"])
 
 
 def bert_large(seq: int = 128, masked: int = 20) -> Profile:
@@ -293,7 +316,8 @@ def lm_sparse(vocabulary: int = 793_471, width: int = 512, cell: int = 2048, ste
 
 
 PROFILES = Registry("profile.name")
-PROFILES.update(model=None, resnet50=resnet50, vgg16=vgg16, bert_large=bert_large, lm_sparse=lm_sparse)
+PROFILES.update(model=None, resnet50=resnet50, vgg16=vgg16, resnet152=resnet152, vgg19=vgg19, bert_large=bert_large,
+                lm_sparse=lm_sparse)
 
 
 def from_model(model) -> Profile:

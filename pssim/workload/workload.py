@@ -104,9 +104,21 @@ class Workload:
         return F.cross_entropy(self.model.forward(params, self.data.x_train[idx]), self.data.y_train[idx])
 
     def gradient(self, params: torch.Tensor, worker: int, step: int) -> torch.Tensor:
-        """The mean cross-entropy gradient of worker's `step`-th batch at exactly `params`."""
+        """The mean cross-entropy gradient of worker's `step`-th batch at exactly `params`.
+
+        A dense `Model` differentiates with respect to each tensor as a leaf of its own (views of
+        `params`, so no copy in) and concatenates their gradients: the same kernels, so the same bits,
+        as differentiating through views of one flat leaf, without the backward of every slice (a zero
+        flat vector and a copy per tensor). Other models go through `loss` on a flat leaf."""
+        rows = self.batch_indices(worker, step)
+        model = self.model
+        if isinstance(model, Model) and type(model).forward is Model.forward:
+            leaves = [v.detach().requires_grad_(True) for v in model.views(params)]
+            idx = torch.as_tensor(rows)
+            loss = F.cross_entropy(model.forward_tensors(leaves, self.data.x_train[idx]), self.data.y_train[idx])
+            return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, leaves)])
         p = params.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.loss(p, self.batch_indices(worker, step)), p)
+        (grad,) = torch.autograd.grad(self.loss(p, rows), p)
         return grad
 
     @torch.no_grad()
