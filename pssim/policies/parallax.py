@@ -126,6 +126,7 @@ class Parallax(RingAllReduce):
         super().__init__(ctx)
         cfg = self.cfg
         self.full_profile = self.profile
+        self.ready_at = dict(self.profile.backward_ready())  # layer -> fraction of a step when its gradient is ready
         self.sparse = [i for i, layer in enumerate(self.profile.layers) if layer.sparse]
         self.dense = [i for i, layer in enumerate(self.profile.layers) if not layer.sparse]
         self.architecture = cfg.architecture
@@ -173,12 +174,9 @@ class Parallax(RingAllReduce):
                 self.mark_comm_start(records, range(self.n))
                 yield from self.allreduce(buffer.nbytes)
 
-    def _ready(self, layer: int) -> float:
-        return dict(self.full_profile.backward_ready())[layer]
-
     def _exchange_layer(self, start, durations, records, step: int, layer: int):
         """Layer `layer`'s gradient, from when it is ready, to its update everywhere."""
-        fraction = self._ready(layer)
+        fraction = self.ready_at[layer]
         if self.architecture == "allreduce":
             yield from wait_until(self.env, self.ready_time(start, durations, range(self.n), fraction))
             self.mark_comm_start(records, range(self.n))

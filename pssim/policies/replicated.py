@@ -173,16 +173,8 @@ class ReplicatedDataParallel(Policy):
                     if self.overlap_loss:
                         yield from self._overlap_loss(records, start + max(durations), comm_end, busy)
                     break
-                except simpy.Interrupt as interrupt:
-                    if not isinstance(interrupt.cause, WorkerCrash):
-                        raise
-                    fault, no_route = interrupt.cause.fault, False
-                except NetworkError as err:
-                    if self.recovery is None:
-                        raise
-                    # LinkDown: start again at once (the network routes around the dead link if it can);
-                    # NoRoute: wait for a link to come back first.
-                    fault, no_route = self.recovery.link_fault_for(err), isinstance(err, NoRoute)
+                except (simpy.Interrupt, NetworkError) as err:
+                    fault, no_route = self._fault_of(err)
                 if fault is not None:  # the abandoned attempt's bytes delivered so far are sent again
                     fault.bytes_resent += sum(self.network.sent[w.host] - before[w.host] for w in self.workers)
                 yield from self._recover(start, fault, no_route)
@@ -243,14 +235,8 @@ class ReplicatedDataParallel(Policy):
                     del self._records[step]
                     step, last = step + 1, self.env.now
                     self.ctx.progress.advance(step)
-            except simpy.Interrupt as interrupt:
-                if not isinstance(interrupt.cause, WorkerCrash):
-                    raise
-                fault, no_route = interrupt.cause.fault, False
-            except NetworkError as err:
-                if self.recovery is None:
-                    raise
-                fault, no_route = self.recovery.link_fault_for(err), isinstance(err, NoRoute)
+            except (simpy.Interrupt, NetworkError) as err:
+                fault, no_route = self._fault_of(err)
             for loop in loops:  # their messages in flight are left to finish on the network
                 if loop.is_alive:
                     loop.interrupt()
@@ -295,6 +281,17 @@ class ReplicatedDataParallel(Policy):
         (`Profile.backward_ready`); `records` maps its workers to their step records. Returns, per
         profile layer, when that layer's update is in place on the machine's GPUs."""
         raise NotImplementedError
+
+    def _fault_of(self, err: Exception):
+        """What abandoned an attempt: (the fault's record, whether no route is left), for a worker crash
+        (an interrupt) or a network failure under a fault model; anything else is re-raised. A LinkDown
+        starts the steps again at once (the network routes around the dead link if it can); a NoRoute
+        waits for a link to come back first (`_recover`)."""
+        if isinstance(err, simpy.Interrupt) and isinstance(err.cause, WorkerCrash):
+            return err.cause.fault, False
+        if isinstance(err, NetworkError) and self.recovery is not None:
+            return self.recovery.link_fault_for(err), isinstance(err, NoRoute)
+        raise err
 
     def _recover(self, start: float, fault, no_route: bool):
         """Wait until every worker is up and (after a link failure) a link came back, then charge the

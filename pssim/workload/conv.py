@@ -17,20 +17,20 @@ import torch
 import torch.nn.functional as F
 
 from pssim.workload.data import DATASETS, Dataset
-from pssim.workload.models import MODELS, TensorSpec
+from pssim.workload.models import MODELS, FlatModel, TensorSpec
 from pssim.workload.profiles import BYTES_PER_PARAM, Layer, Profile
 
 
-class SmallCNN:
-    """Convolutions of `channels` widths on side x side images, global average pooling, a dense layer:
-    the `Model` interface (flat parameters, `tensors`, `views`, `forward`, `init`) and its timing profile."""
+class SmallCNN(FlatModel):
+    """Convolutions of `channels` widths on side x side images, global average pooling, a dense layer, as
+    one flat vector (`FlatModel`, whose He-uniform init takes a kernel's fan-in), with its timing profile."""
 
     def __init__(self, features: int, classes: int, channels: list[int]):
         side = math.isqrt(features)
         if side * side != features or not channels:
             raise ValueError(f"workload.features ({features}) must be a square number of pixels and "
                              f"workload.hidden ({channels}) at least one channel width for cnn")
-        self.name, self.side, self.channels = "cnn", side, list(channels)
+        self.side, self.channels = side, list(channels)
         pixels = side * side
         specs, cin = [], 1
         for i, cout in enumerate(channels):
@@ -38,37 +38,13 @@ class SmallCNN:
                       TensorSpec(f"conv{i}.bias", (cout,), cout * pixels)]
             cin = cout
         specs += [TensorSpec("fc.weight", (cin, classes), cin * classes), TensorSpec("fc.bias", (classes,), classes)]
-        self.tensors = specs
-        self.offsets = np.cumsum([0] + [t.numel for t in specs]).tolist()
-        self.n_params = self.offsets[-1]
-
-    @property
-    def train_flops_per_sample(self) -> float:
-        return 6.0 * sum(t.macs for t in self.tensors)
-
-    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        return [flat[a:b].view(t.shape) for t, a, b in zip(self.tensors, self.offsets, self.offsets[1:])]
-
-    def forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_tensors(self.views(flat), x)
+        super().__init__("cnn", specs)
 
     def forward_tensors(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         h = x.view(-1, 1, self.side, self.side)
         for i in range(len(self.channels)):
             h = F.relu(F.conv2d(h, params[2 * i], params[2 * i + 1], padding=1))
         return h.mean(dim=(2, 3)) @ params[-2] + params[-1]
-
-    def init(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        """He-uniform weights (fan-in: 9 x input channels for a convolution), zero biases."""
-        parts = []
-        for t in self.tensors:
-            if len(t.shape) >= 2:
-                fan_in = int(np.prod(t.shape[1:])) if len(t.shape) == 4 else t.shape[0]
-                bound = float(np.sqrt(6.0 / fan_in))
-                parts.append((torch.rand(t.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound)
-            else:
-                parts.append(torch.zeros(t.shape, dtype=torch.float64))
-        return torch.cat([p.reshape(-1) for p in parts]).to(dtype)
 
     def timing_profile(self) -> Profile:
         """Each convolution (with its bias) a conv3x3 layer, its output channels x pixels of activations

@@ -1,7 +1,7 @@
 """A sparse workload: a bag-of-words classifier over a vocabulary, whose embedding table is a sparse
 layer, and the row counts that size its gradients on the wire.
 
-The model (`BagOfWords`) reads a sample of `context` token ids, averages their rows of the embedding
+The model (`BagOfWords`, a `FlatModel`) reads a sample of `context` token ids, averages their rows of the embedding
 table (vocabulary x width), and classifies the average with a ReLU layer and a softmax layer. Only the
 rows a batch looks up get a gradient, so a batch's sparse gradient is (row ids, rows): what
 parameter servers push and pull (Parallax, TF-PS) and all-reduce systems all-gather (Horovod). The
@@ -18,13 +18,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from pssim.workload.models import MODELS, TensorSpec
+from pssim.workload.models import MODELS, FlatModel, TensorSpec
 from pssim.workload.profiles import BYTES_PER_PARAM, Layer, Profile
 
 
-class BagOfWords:
-    """Embedding table (sparse), then dense ReLU and softmax layers: the `Model` interface (a flat
-    parameter vector, `tensors`, `offsets`, `views`, `forward`, `init`) plus its own timing profile.
+class BagOfWords(FlatModel):
+    """Embedding table (sparse), then dense ReLU and softmax layers, as one flat vector (`FlatModel`),
+    with its own timing profile.
 
     Widths: `hidden` = [embedding width, hidden width]; `features` is the vocabulary, `classes` the
     labels, `context` the tokens of a sample.
@@ -34,49 +34,28 @@ class BagOfWords:
         if len(hidden) != 2:
             raise ValueError(f"workload.hidden must be [embedding width, hidden width] for bag_of_words, not {hidden}")
         width, units = hidden
-        self.name = "bag_of_words"
         self.vocabulary, self.context = vocabulary, context
-        self.tensors = [
+        super().__init__("bag_of_words", [
             TensorSpec("embedding.weight", (vocabulary, width), 0),
             TensorSpec("hidden.weight", (width, units), width * units),
             TensorSpec("hidden.bias", (units,), units),
             TensorSpec("output.weight", (units, classes), units * classes),
             TensorSpec("output.bias", (classes,), classes),
-        ]
-        self.offsets = np.cumsum([0] + [t.numel for t in self.tensors]).tolist()
-        self.n_params = self.offsets[-1]
+        ])
 
-    @property
-    def train_flops_per_sample(self) -> float:
-        return 6.0 * sum(t.macs for t in self.tensors)
-
-    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        return [flat[a:b].view(t.shape) for t, a, b in zip(self.tensors, self.offsets, self.offsets[1:])]
-
-    def forward(self, flat: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward_tensors(self, params: list[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         """Logits for `tokens` (samples x context token ids): the mean of their embedding rows, then
         ReLU(. W_h + b_h) W_o + b_o. Indexing the table makes autograd's gradient nonzero only on the
         rows looked up."""
-        return self.forward_tensors(self.views(flat), tokens)
-
-    def forward_tensors(self, params: list[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        """`forward` on the tensors themselves (`views(flat)`, or leaves of their own)."""
         embedding, wh, bh, wo, bo = params
         bag = embedding[tokens].mean(dim=1)
         return torch.relu(bag @ wh + bh) @ wo + bo
 
-    def init(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        """Embedding rows N(0, 1); He-uniform dense weights; zero biases."""
-        parts = []
-        for t in self.tensors:
-            if t.name == "embedding.weight":
-                parts.append(torch.randn(t.shape, generator=generator, dtype=torch.float64))
-            elif len(t.shape) == 2:
-                bound = float(np.sqrt(6.0 / t.shape[0]))
-                parts.append((torch.rand(t.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound)
-            else:
-                parts.append(torch.zeros(t.shape, dtype=torch.float64))
-        return torch.cat([p.reshape(-1) for p in parts]).to(dtype)
+    def init_tensor(self, t: TensorSpec, generator: torch.Generator) -> torch.Tensor:
+        """Embedding rows N(0, 1); the dense layers as `FlatModel` initialises them."""
+        if t.name == "embedding.weight":
+            return torch.randn(t.shape, generator=generator, dtype=torch.float64)
+        return super().init_tensor(t, generator)
 
     def timing_profile(self) -> Profile:
         """Its own timing profile: the table as a sparse layer (one row per token, `context` lookups per

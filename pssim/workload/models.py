@@ -28,18 +28,15 @@ class TensorSpec:
         return int(np.prod(self.shape))
 
 
-class Model:
-    """Dense layers (weight, bias) with ReLU between them; no hidden layer is softmax regression."""
+class FlatModel:
+    """A model laid out as one flat parameter vector: its tensors (`TensorSpec`s, in forward order) back to
+    back at `offsets`, `views` of them, and a forward pass on the tensors (`forward_tensors`, which a
+    subclass writes). Dense layers, the sparse bag of words and the small CNN share this layout."""
 
-    def __init__(self, name: str, widths: list[int]):
+    def __init__(self, name: str, tensors: list[TensorSpec]):
         self.name = name
-        self.widths = list(widths)
-        specs = []
-        for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
-            specs.append(TensorSpec(f"layer{i}.weight", (fan_in, fan_out), fan_in * fan_out))
-            specs.append(TensorSpec(f"layer{i}.bias", (fan_out,), fan_out))
-        self.tensors = specs
-        self.offsets = np.cumsum([0] + [t.numel for t in specs]).tolist()
+        self.tensors = tensors
+        self.offsets = np.cumsum([0] + [t.numel for t in tensors]).tolist()
         self.n_params = self.offsets[-1]
 
     @property
@@ -56,6 +53,34 @@ class Model:
     def forward_tensors(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """The forward pass on the tensors themselves (`views(flat)`, or leaves of their own): a
         gradient then needs no backward through the slicing of one flat vector (`Workload.gradient`)."""
+        raise NotImplementedError
+
+    def init(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """Every tensor's initial values (`init_tensor`), in order, as one flat vector."""
+        return torch.cat([self.init_tensor(t, generator).reshape(-1) for t in self.tensors]).to(dtype)
+
+    def init_tensor(self, t: TensorSpec, generator: torch.Generator) -> torch.Tensor:
+        """He-uniform weights (fan-in: the rows of a matrix, in x 3 x 3 of a convolution's kernel), zero
+        biases, in float64."""
+        if len(t.shape) in (2, 4):
+            fan_in = t.shape[0] if len(t.shape) == 2 else int(np.prod(t.shape[1:]))
+            bound = float(np.sqrt(6.0 / fan_in))
+            return (torch.rand(t.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        return torch.zeros(t.shape, dtype=torch.float64)
+
+
+class Model(FlatModel):
+    """Dense layers (weight, bias) with ReLU between them; no hidden layer is softmax regression."""
+
+    def __init__(self, name: str, widths: list[int]):
+        self.widths = list(widths)
+        specs = []
+        for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
+            specs.append(TensorSpec(f"layer{i}.weight", (fan_in, fan_out), fan_in * fan_out))
+            specs.append(TensorSpec(f"layer{i}.bias", (fan_out,), fan_out))
+        super().__init__(name, specs)
+
+    def forward_tensors(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         layers = len(params) // 2
         h = x
         for i in range(layers):
@@ -63,17 +88,6 @@ class Model:
             if i < layers - 1:
                 h = F.relu(h)
         return h
-
-    def init(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        """He-uniform weights, zero biases, as one flat vector."""
-        parts = []
-        for t in self.tensors:
-            if len(t.shape) == 2:
-                bound = float(np.sqrt(6.0 / t.shape[0]))
-                parts.append((torch.rand(t.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound)
-            else:
-                parts.append(torch.zeros(t.shape, dtype=torch.float64))
-        return torch.cat([p.reshape(-1) for p in parts]).to(dtype)
 
 
 def softmax(features: int, classes: int, hidden: list[int], **_) -> Model:
