@@ -148,29 +148,47 @@ class ParameterServers:
         Only bytes change: on_arrival still gets the dense gradient slice.
         """
         worker.current.comm_start = self.env.now
-        sizes = [self.push_bytes(s, rows_touched) for s in self.shards]
-        procs = [self.env.process(self._push_shard(worker, s, n, grad, on_arrival))
-                 for s, n in zip(self.shards, sizes)]
-        results = yield self.env.all_of(procs)
-        return [results[p] for p in procs]
+        parts = _Parts(self.env, len(self.shards))
+        for j, shard in enumerate(self.shards):
+            self._push_shard(worker, shard, self.push_bytes(shard, rows_touched), grad, on_arrival, parts, j)
+        return (yield parts.event)
 
-    def _push_shard(self, worker, shard: ServerShard, nbytes: float, grad, on_arrival: Callable):
-        """One shard's part of a push. The step's record is updated as each shard takes the gradient
-        (bytes_sent; push_end at the last), so it is right even if that apply ends the run."""
-        rec = worker.current
-        while True:
-            host = shard.host
-            yield self.network.send(worker.host, host, nbytes, f"push w{worker.index}")
-            shard.check_up()  # a shard marked down refuses the push (ShardDown)
-            yield from shard.cpu.work(nbytes * self.receive_cpu, f"recv w{worker.index}")
-            if shard.host == host:
-                break
-            self._resent(nbytes)  # its server crashed meanwhile: send it again to the range's new primary
-        rec.bytes_sent += nbytes
-        worker.delivered += 1
-        if worker.delivered == len(self.shards):
-            rec.push_end = self.env.now
-        return on_arrival(shard, worker, None if grad is None else grad[shard.lo:shard.hi])
+    def _push_shard(self, worker, shard: ServerShard, nbytes: float, grad, on_arrival: Callable,
+                    parts: "_Parts", j: int) -> None:
+        """One shard's part of a push, driven by callbacks (no process of its own): the bytes cross the
+        network, the shard's CPU takes them in (FIFO), then on_arrival. If the shard's server lost the
+        range meanwhile (a crash), the part is sent again to the range's new primary. The step's record
+        is updated as each shard takes the gradient (bytes_sent; push_end at the last), so it is right
+        even if that apply ends the run."""
+        rec, host = worker.current, shard.host
+
+        def landed(event) -> None:
+            if not event.ok:
+                event.defused = True
+                parts.fail(event.value)
+                return
+            if not shard.up:  # a shard marked down refuses the push
+                parts.fail(shard.refusal())
+                return
+            shard.cpu.then(nbytes * self.receive_cpu, f"recv w{worker.index}", taken)
+
+        def taken() -> None:
+            if shard.host != host:  # its server crashed meanwhile: send it again to the range's new primary
+                self._resent(nbytes)
+                self._push_shard(worker, shard, nbytes, grad, on_arrival, parts, j)
+                return
+            rec.bytes_sent += nbytes
+            worker.delivered += 1
+            if worker.delivered == len(self.shards):
+                rec.push_end = self.env.now
+            try:
+                result = on_arrival(shard, worker, None if grad is None else grad[shard.lo:shard.hi])
+            except Exception as error:  # noqa: BLE001 - the pusher gets it, as from a process of its own
+                parts.fail(error)
+                return
+            parts.put(j, result)
+
+        self.network.send(worker.host, host, nbytes, f"push w{worker.index}").callbacks.append(landed)
 
     def pull(self, worker, min_version: int = 0):
         """Fetch every shard once its version is >= min_version; returns (params, per-shard versions).
@@ -178,9 +196,10 @@ class ParameterServers:
         The worker keeps what it pulled as its local parameters (`worker.params`, `worker.version`: the
         oldest shard's version). A pull carries every shard's full bytes.
         """
-        procs = [self.env.process(self._pull_shard(worker, s, min_version)) for s in self.shards]
-        results = yield self.env.all_of(procs)
-        parts = [results[p] for p in procs]
+        parts = _Parts(self.env, len(self.shards))
+        for j, shard in enumerate(self.shards):
+            self._pull_shard(worker, shard, min_version, parts, j)
+        parts = yield parts.event
         if worker.current is not None:
             worker.current.bytes_received += sum(s.nbytes for s in self.shards)
         versions = [v for _, v in parts]
@@ -188,18 +207,64 @@ class ParameterServers:
         worker.params, worker.version = params, min(versions)  # the worker's local copy, as pulled
         return params, versions
 
-    def _pull_shard(self, worker, shard: ServerShard, min_version: int):
-        while True:
-            host = shard.host
-            yield self.network.send(worker.host, host, 0, f"pull-req w{worker.index}")
-            yield shard.reached(min_version)
-            yield from shard.cpu.work(shard.nbytes * self.send_cpu, f"send w{worker.index}")
+    def _pull_shard(self, worker, shard: ServerShard, min_version: int, parts: "_Parts", j: int) -> None:
+        """One shard's part of a pull, by callbacks: the request crosses the network, waits for the
+        shard's version, the shard's CPU sends (FIFO) a snapshot taken when it is done, and the bytes
+        cross back. Asked again of the range's new primary if its server crashed before they landed."""
+        host = shard.host
+
+        def asked(event) -> None:
+            if not event.ok:
+                event.defused = True
+                parts.fail(event.value)
+                return
+            shard.reached(min_version).callbacks.append(ready)
+
+        def ready(event) -> None:
+            if not event.ok:  # the shard went down (ShardDown)
+                event.defused = True
+                parts.fail(event.value)
+                return
+            shard.cpu.then(shard.nbytes * self.send_cpu, f"send w{worker.index}", send)
+
+        def send() -> None:
             snapshot, version = shard.snapshot(), shard.version
-            yield self.network.send(host, worker.host, shard.nbytes, f"pull w{worker.index}")
-            if shard.host == host:
-                return snapshot, version
-            self._resent(shard.nbytes)  # its server crashed before the reply landed: ask the new primary
+            self.network.send(host, worker.host, shard.nbytes, f"pull w{worker.index}").callbacks.append(
+                lambda event: landed(event, snapshot, version))
+
+        def landed(event, snapshot, version) -> None:
+            if not event.ok:
+                event.defused = True
+                parts.fail(event.value)
+            elif shard.host == host:
+                parts.put(j, (snapshot, version))
+            else:  # its server crashed before the reply landed: ask the new primary
+                self._resent(shard.nbytes)
+                self._pull_shard(worker, shard, min_version, parts, j)
+
+        self.network.send(worker.host, host, 0, f"pull-req w{worker.index}").callbacks.append(asked)
 
     def _resent(self, nbytes: float) -> None:
         if self.on_resend is not None:
             self.on_resend(nbytes)
+
+
+class _Parts:
+    """One event for the per-shard parts of a push or a pull: it succeeds with the parts in shard order
+    once every part is in, or fails with the first error (the other parts go on; later errors are
+    dropped, as the waiter has been told)."""
+
+    def __init__(self, env, count: int):
+        self.event = env.event()
+        self.parts: list = [None] * count
+        self.left = count
+
+    def put(self, j: int, value) -> None:
+        self.parts[j] = value
+        self.left -= 1
+        if not self.left and not self.event.triggered:
+            self.event.succeed(self.parts)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.event.triggered:
+            self.event.fail(error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import simpy
 import torch  # noqa: F401  (annotations)
 
+from pssim.comm.cpu import Threads
 from pssim.comm.gates import Clock
 from pssim.workload.state import ModelState
 
@@ -25,36 +26,11 @@ class ShardDown(Exception):
         return f"server shard {self.shard} on {self.host} is down (t={self.at!r})"
 
 
-class Cpu:
-    """A host's CPU cores as a FIFO SimPy resource, with a log of its busy spans for the trace.
-
-    `busy` grows by one span per work item while `record` is on; a run turns `record` off when it
-    writes no trace (or once the trace window has passed), so memory stays flat in steps.
-    """
-
-    def __init__(self, env: simpy.Environment, host: str, cores: int = 1):
-        self.env = env
-        self.host = host
-        self._core = simpy.Resource(env, capacity=cores)
-        self.busy: list[tuple[float, float, str]] = []  # (start, end, what)
-        self.record = True
-
-    def work(self, seconds: float, what: str):
-        """Occupy one core for `seconds`, queued behind earlier work while every core is busy."""
-        with self._core.request() as turn:
-            yield turn
-            start = self.env.now
-            if seconds > 0:
-                yield self.env.timeout(seconds)
-            if self.record:
-                self.busy.append((start, self.env.now, what))
-
-
 class ServerShard:
     """Owns params[lo:hi] of the global vector; applies the optimizer to it; counts its versions.
 
-    The shard's CPU is a one-core SimPy resource: receiving, aggregating and sending bytes take CPU
-    time in FIFO order, so a busy server delays both pushes and pulls, as a real one does.
+    The shard's CPU is one thread (`Threads`): receiving, aggregating and sending bytes take CPU time in
+    FIFO order, so a busy server delays both pushes and pulls, as a real one does.
 
     The version is a `Clock`: `reached(v)` fires once v updates are applied. Failures: `mark_down()`
     takes the shard down: every `reached` event still waiting fails with `ShardDown`, and while it is
@@ -74,7 +50,7 @@ class ServerShard:
         self.state = state  # a view of the model's parameters [lo, hi) and their optimizer state
         self.clock = Clock(env)  # the version: updates applied so far
         self.up = True
-        self.cpu = Cpu(env, host)
+        self.cpu = Threads(env, host, 1)
 
     @property
     def version(self) -> int:
@@ -94,25 +70,26 @@ class ServerShard:
         time SimPy processes it stops the run) or goes down before then."""
         if not self.up:
             event = self.env.event()
-            event.fail(self._down())
+            event.fail(self.refusal())
             return event
         return self.clock.reached(version)
 
     def check_up(self) -> None:
         """Raise ShardDown if the shard is down (a request arriving now is refused)."""
         if not self.up:
-            raise self._down()
+            raise self.refusal()
 
     def mark_down(self) -> None:
         """The shard fails: its waiters fail with ShardDown, and so will new requests until mark_up."""
         self.up = False
-        self.clock.fail(self._down())
+        self.clock.fail(self.refusal())
 
     def mark_up(self) -> None:
         """The shard is back, with the parameters and version it had."""
         self.up = True
 
-    def _down(self) -> ShardDown:
+    def refusal(self) -> ShardDown:
+        """The error a request to this shard gets while it is down."""
         return ShardDown(self.index, self.host, self.env.now)
 
     def snapshot(self) -> torch.Tensor | None:

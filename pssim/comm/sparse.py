@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import simpy
 
-from pssim.comm.summation import Threads
+from pssim.comm.cpu import Threads
 
 
 class PartitionServers:

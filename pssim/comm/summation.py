@@ -21,37 +21,9 @@ If the push or the return fails in the network (a link down), the push's event f
 
 from __future__ import annotations
 
-import heapq
-
 import simpy
 
-
-class Threads:
-    """A service's CPU threads: work items run first come, first served on the first thread free.
-
-    Each item's duration is known when it is submitted, so its start is set at once, max(now, the
-    earliest time a thread frees), with no queue of waiting processes: the same schedule as a FIFO
-    SimPy resource of `threads` servers, at O(log threads) per item however many wait (a server at
-    scale holds thousands of shards). `busy` logs (start, end, what) for the trace while `record` is
-    on, as `Cpu` does.
-    """
-
-    def __init__(self, env: simpy.Environment, host: str, threads: int):
-        self.env = env
-        self.host = host
-        self._free = [env.now] * threads  # a heap of the times each thread is next free
-        self.busy: list[tuple[float, float, str]] = []
-        self.record = True
-
-    def work(self, seconds: float, what: str):
-        """Run `seconds` of work on the first free thread (a generator: returns when it is done)."""
-        start = max(self.env.now, heapq.heappop(self._free))
-        end = start + seconds
-        heapq.heappush(self._free, end)
-        if self.record:
-            self.busy.append((start, end, what))
-        if end > self.env.now:
-            yield self.env.timeout(end - self.env.now)
+from pssim.comm.cpu import Threads
 
 
 class Push(simpy.Event):
