@@ -75,25 +75,34 @@ class SummationService:
             del self._pushes[summed.key][summed.src]
             summed.fail(event.value)
             return
-        self.env.process(self._add(summed.key, summed.src, nbytes, machines))
+        self._add(summed.key, summed.src, nbytes, machines)
 
-    def _add(self, key, src: str, nbytes: float, machines: list[str]):
-        """Add src's push of `key` on a core; the last machine's push sends the sum to every machine."""
+    def _add(self, key, src: str, nbytes: float, machines: list[str]) -> None:
+        """Add src's push of `key` on a thread; the last machine's push sends the sum to every machine."""
         remote = src != self.host
-        yield from self.cpu.work(self.message_cpu + nbytes * (self.sum_cpu + remote * self.transport_cpu), "sum")
+        seconds = self.message_cpu + nbytes * (self.sum_cpu + remote * self.transport_cpu)
+        self.cpu.then(seconds, "sum", lambda: self._added(key, nbytes, machines))
+
+    def _added(self, key, nbytes: float, machines: list[str]) -> None:
         self._arrived[key] = self._arrived.get(key, 0) + 1
         if self._arrived[key] == len(machines):
             del self._arrived[key]
             pushes = self._pushes.pop(key)
             for host in machines:
-                self.env.process(self._return(host, nbytes, pushes[host]))
+                self._return(host, nbytes, pushes[host])
 
-    def _return(self, host: str, nbytes: float, summed: Push):
+    def _return(self, host: str, nbytes: float, summed: Push) -> None:
+        """Send the sum to `host` after its CPU cost (none for the service's own machine without a
+        per-message cost)."""
+        def send() -> None:
+            self.carrier.send(self.host, host, nbytes, f"{self.tag}-pull").callbacks.append(
+                lambda event: _settle(summed, event))
+
         remote = host != self.host
         if remote or self.message_cpu > 0:
-            yield from self.cpu.work(self.message_cpu + remote * nbytes * self.transport_cpu, "send")
-        self.carrier.send(self.host, host, nbytes, f"{self.tag}-pull").callbacks.append(
-            lambda event: _settle(summed, event))
+            self.cpu.then(self.message_cpu + remote * nbytes * self.transport_cpu, "send", send)
+        else:
+            send()
 
 
 def _settle(target: simpy.Event, source: simpy.Event) -> None:
