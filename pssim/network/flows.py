@@ -3,9 +3,10 @@
 A message of S bytes from a to b first pays its route's latency (propagation of every link plus the
 transport's per-message overhead), then becomes a flow over the route's links. All active flows share
 every link max-min fairly (progressive filling, with each flow's own rate cap as one more constraint);
-rates are recomputed when a flow starts or ends or a link's capacity changes. One SimPy process owns the
-flows and sleeps until the next completion; a new flow or a capacity change wakes it by triggering an
-event (no per-flow processes, no interrupts, no per-packet events).
+rates are recomputed when a flow starts or ends or a link's capacity changes. The network needs no
+process: one timeout waits for the next completion, and a new flow or a capacity change triggers one
+reshare event per instant that reschedules it (no per-flow processes, no interrupts, no per-packet
+events).
 
 A pipelined ring phase sends its r messages as one flow (`send(..., messages=r)`): one latency before
 the first byte moves, the other r-1 after the last byte lands, so it shares its links from the moment
@@ -318,14 +319,15 @@ class FlowNetwork:
         self._admitted = 0
         self._dirty = False  # flows or capacities changed since the last allocation
         self._last = env.now
-        self._wake = env.event()
+        self._wake: simpy.Event | None = None  # the pending reshare of this instant, once something changed
+        self._due: simpy.Event | None = None  # the timeout of the next completion, and when it fires
+        self._due_at = _INF
         self._paths = lru_cache(maxsize=None)(self._paths_uncached)
         # Timeout callbacks, bound once: a lambda per flow would be one more object for the GC to track.
         self._admit_after_latency = lambda event: self._admit(event.value)
         self._deliver_after_tail = lambda event: event.value.done.succeed(event.value)
         self._admit_all_after_latency = lambda event: self._admit_all(event.value)
         self._batch_after_tail = lambda event: event.value[0].landed(event.value[1])
-        env.process(self._run())
 
     # -- public -------------------------------------------------------------------------------------
     def send(self, src: str, dst: str, nbytes: float, tag: str = "", messages: int = 1) -> simpy.Event:
@@ -506,7 +508,7 @@ class FlowNetwork:
         self._flows[flow] = None
         self._pending.append(flow)  # it joins the arrays at the next advance, at this instant
         self._dirty = True
-        self._wake_up()  # the network process reallocates once, after every flow of this instant
+        self._wake_up()  # the network reshares once, after every flow of this instant
 
     def _join(self) -> None:
         """Put the flows admitted since the last advance into the arrays, at rate 0, in admission order."""
@@ -564,12 +566,16 @@ class FlowNetwork:
         self._free[:0] = range(new - 1, old - 1, -1)
 
     def _wake_up(self) -> None:
-        if not self._wake.triggered:
+        """Something changed (flows joined, capacities moved): reshare once, later in this instant, after
+        everything else due now has had its turn to add flows (one event per instant, however many)."""
+        if self._wake is None:
+            self._wake = self.env.event()
+            self._wake.callbacks.append(self._reshare)
             self._wake.succeed()
 
     def _set_capacities(self, changes: list[tuple[Link, float]]) -> None:
         """Apply capacity changes now: advance the flows at their old rates, fail those on links that
-        went down, reshare at once and wake the network process to reschedule its next completion."""
+        went down, reshare at once; the next completion is rescheduled later in the instant."""
         for _, bytes_per_s in changes:
             check_capacity(bytes_per_s)  # all or nothing
         self._advance()
@@ -609,24 +615,39 @@ class FlowNetwork:
                 cut.setdefault(self._slot_flow[slot], link)
         return {flow: cut[flow] for flow in sorted(cut, key=lambda f: self._seq[f._slot])}
 
-    def _run(self):
-        """The network's one process: sleep until the next completion or until something changes."""
-        while True:
-            if self._wake.triggered:  # flows joined or capacities changed since the last look: share anew
-                self._wake = self.env.event()
-                self._advance()
-                self._allocate()
-            delay = self._time_to_next_completion()
-            if delay == math.inf:  # nothing moves: no flows, or only flows at rate 0
-                yield self._wake
-                continue
-            yield self.env.timeout(delay) | self._wake
-            if self._wake.triggered:
-                continue
-            self._advance()
-            finished = self._retire_finished()
-            self._allocate()
-            self._finish(finished)
+    # The network has no process of its own: it runs from two kinds of event callbacks. A change (a flow
+    # joins, a capacity moves) triggers one `_reshare` per instant; the next completion is one timeout
+    # (`_due`), replaced whenever a reshare moves it (a replaced timeout still fires, and is ignored).
+    def _reshare(self, _event) -> None:
+        """The flows or capacities changed at this instant: move every flow to now, reshare, reschedule."""
+        self._wake = None
+        self._advance()
+        self._allocate()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Set the timeout of the next completion at current rates (none while nothing moves); kept if
+        it is already set for that very time."""
+        delay = self._time_to_next_completion()
+        at = self.env.now + delay
+        if at == self._due_at and self._due is not None:
+            return
+        self._due_at = at
+        self._due = None if delay == _INF else self.env.timeout(delay)
+        if self._due is not None:
+            self._due.callbacks.append(self._complete)
+
+    def _complete(self, event) -> None:
+        """The next completion is due (unless a reshare replaced this timeout): retire the flows that
+        landed, reshare the rest, deliver the landed ones and reschedule."""
+        if event is not self._due:
+            return
+        self._due, self._due_at = None, _INF
+        self._advance()
+        finished = self._retire_finished()
+        self._allocate()
+        self._finish(finished)
+        self._schedule()
 
     def _time_to_next_completion(self) -> float:
         """Seconds until the first active flow lands at current rates (inf: none will). A flow whose
