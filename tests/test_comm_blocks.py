@@ -348,3 +348,24 @@ def test_a_push_from_outside_the_machines_or_twice_is_refused():
     svc.push("w", "k", S, ["svc", "w"])
     with pytest.raises(ValueError):
         svc.push("w", "k", S, ["svc", "w"])
+
+
+def test_a_shard_hands_out_one_snapshot_per_state_of_its_parameters():
+    """Pulls of one version share one copy (so workers on that version share a tensor), a copy never
+    changes afterwards, and an update or an `overwrite` (a replica taking over, the version unchanged)
+    gives the next pull the new values."""
+    import torch
+    from pssim.workload.optimizer import SGD
+    from pssim.workload.state import ModelState
+    env = simpy.Environment()
+    params = torch.zeros(10, dtype=torch.float64)
+    s = ServerShard(env, 0, "server0", 0, 10, 40.0, ModelState(params, SGD(0.5, 0.0, 0.0)))
+    first = s.snapshot()
+    assert s.snapshot() is first
+    s.apply(torch.ones(10, dtype=torch.float64))  # params -= 0.5
+    after = s.snapshot()
+    assert after is not first and torch.equal(first, torch.zeros(10, dtype=torch.float64))
+    assert torch.equal(after, torch.full((10,), -0.5, dtype=torch.float64))
+    s.overwrite(torch.full((10,), 2.0, dtype=torch.float64), None)
+    assert s.version == 1 and torch.equal(s.snapshot(), torch.full((10,), 2.0, dtype=torch.float64))
+    assert torch.equal(after, torch.full((10,), -0.5, dtype=torch.float64))

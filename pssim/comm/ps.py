@@ -124,6 +124,7 @@ class ParameterServers:
         # now; a push or pull whose server lost the range before it completed is sent again to the new
         # owner, and `on_resend(nbytes)` (if set) is told of the bytes sent again.
         self.on_resend: Callable[[float], None] | None = None
+        self._assembled: tuple[list, torch.Tensor] | None = None  # the last pull's (snapshots, vector)
 
     def push_bytes(self, shard: ServerShard, rows_touched: dict[int, int] | None = None) -> float:
         """Bytes a push to `shard` carries: its `nbytes` unless it holds sparse keys and `rows_touched`
@@ -203,9 +204,22 @@ class ParameterServers:
         if worker.current is not None:
             worker.current.bytes_received += sum(s.nbytes for s in self.shards)
         versions = [v for _, v in parts]
-        params = None if parts[0][0] is None else torch.cat([p for p, _ in parts])
+        params = self._assemble([p for p, _ in parts])
         worker.params, worker.version = params, min(versions)  # the worker's local copy, as pulled
         return params, versions
+
+    def _assemble(self, snapshots: list) -> torch.Tensor | None:
+        """The whole parameter vector from the shards' snapshots: the same tensor as the last pull's when
+        every shard handed out the same snapshot (`ServerShard.snapshot`), so the workers that pulled one
+        version share one tensor (and one batched gradient); a new one otherwise. Nobody writes to it."""
+        if snapshots[0] is None:
+            return None
+        last = self._assembled
+        if last is not None and len(last[0]) == len(snapshots) and all(a is b for a, b in zip(last[0], snapshots)):
+            return last[1]
+        params = snapshots[0] if len(snapshots) == 1 else torch.cat(snapshots)
+        self._assembled = (snapshots, params)
+        return params
 
     def _pull_shard(self, worker, shard: ServerShard, min_version: int, parts: "_Parts", j: int) -> None:
         """One shard's part of a pull, by callbacks: the request crosses the network, waits for the

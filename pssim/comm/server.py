@@ -51,6 +51,8 @@ class ServerShard:
         self.clock = Clock(env)  # the version: updates applied so far
         self.up = True
         self.cpu = Threads(env, host, 1)
+        self._snapshot: tuple[tuple[int, int], torch.Tensor] | None = None  # ((version, writes), copy)
+        self._writes = 0  # in-place writes that did not move the version (`overwrite`)
 
     @property
     def version(self) -> int:
@@ -93,4 +95,19 @@ class ServerShard:
         return ShardDown(self.index, self.host, self.env.now)
 
     def snapshot(self) -> torch.Tensor | None:
-        return self.state.snapshot() if self.state is not None else None
+        """A copy of the shard's parameters as they are now (None in timing-only runs). The same copy is
+        handed out until they change (an update, or `overwrite`), so every pull of one version gets the
+        same tensor, and workers computing on it can have their gradients batched."""
+        if self.state is None:
+            return None
+        key = (self.clock.value, self._writes)
+        if self._snapshot is None or self._snapshot[0] != key:
+            self._snapshot = (key, self.state.snapshot())
+        return self._snapshot[1]
+
+    def overwrite(self, params: torch.Tensor, optimizer_state) -> None:
+        """Replace the parameters and optimizer state in place, the version unchanged (a replica taking
+        over a crashed server's range)."""
+        self.state.params.copy_(params)
+        self.state.restore(optimizer_state)
+        self._writes += 1

@@ -361,8 +361,7 @@ class Replication:
                 copy = (None if self.initial is None else self.initial[shard.lo:shard.hi].clone(), None, [0] * n)
             lost = sum(self.clocks[j]) - sum(copy[2])
             if shard.state is not None:  # the parameters and the optimizer state (None: fresh) as copied
-                shard.state.params.copy_(copy[0])
-                shard.state.restore(copy[1])
+                shard.overwrite(copy[0], copy[1])
             self.clocks[j] = list(copy[2])
             self._place(shard, new)
             if fault is not None and lost:

@@ -179,12 +179,16 @@ class ReplicatedDataParallel(Policy):
                     fault.bytes_resent += sum(self.network.sent[w.host] - before[w.host] for w in self.workers)
                 yield from self._recover(start, fault, no_route)
             if model is not None:
-                model.step(mean_gradient([w.gradient(params, step) for w in self.workers]))
+                model.step(mean_gradient(self.gradients(params, step)))
             for w, rec in zip(self.workers, records):
                 rec.bytes_sent = int(self.network.sent[w.host] - before[w.host])
                 rec.bytes_received = int(self.network.received[w.host] - received[w.host])
                 w.finish_step()
             self.ctx.progress.advance(step + 1)
+
+    def gradients(self, params, step: int) -> list:
+        """Every worker's gradient of batch `step` at `params`, in worker order (one batched call)."""
+        return self.ctx.workload.gradients(params, [(w.index, step) for w in self.workers])
 
     def _nic_busy(self) -> list[float]:
         """Seconds each direction of every GPU machine's NIC link (`_nic_links`) needed at its healthy rate
@@ -222,7 +226,7 @@ class ReplicatedDataParallel(Policy):
                 while True:
                     yield self.env.any_of([self._barrier(step).done, *loops])  # a loop only ends by failing
                     if model is not None:
-                        model.step(mean_gradient([w.gradient(params, step) for w in self.workers]))
+                        model.step(mean_gradient(self.gradients(params, step)))
                     ends = self._barriers.pop(step).ends
                     for w in self.workers:
                         rec = self._records[step].pop(w.index)

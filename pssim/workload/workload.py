@@ -38,6 +38,8 @@ class Workload:
         self.data, self.shards, self.batches_per_epoch = None, [], 0
         self._epoch_order = lru_cache(maxsize=4 * workers)(self._epoch_order_uncached)
         self._init_seed = streams.torch_seed("model/init")
+        self._batched_grad = None  # torch.func's batched gradient of the dense Model, built on first use
+        self._batch_ok: dict[tuple[int, int], bool] = {}  # (requests, rows): batched bits == one at a time
         if numerics:
             self._generate(cfg)
 
@@ -120,6 +122,48 @@ class Workload:
         p = params.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(self.loss(p, rows), p)
         return grad
+
+    @property
+    def batches_gradients(self) -> bool:
+        """Whether `gradients` takes several batches in one call: a dense `Model` with its own forward."""
+        model = self.model
+        return isinstance(model, Model) and type(model).forward is Model.forward
+
+    def gradients(self, params: torch.Tensor, requests: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """The gradients of several (worker, step) batches at the same `params`, in order: exactly the
+        bits of `gradient` one at a time, in fewer calls where that is so.
+
+        For a dense `Model` and batches of one size, one call: `torch.func.vmap` of the gradient over
+        the stacked batches, with the parameters shared (about half the cost for the default MLP). The
+        batched kernels give the same bits as one batch alone for some shapes and not for others (a
+        batch of one row, say), so the first call of each shape (requests x rows) computes both ways
+        and batches that shape from then on only if every gradient was bit-identical
+        (tests/test_workloads.py). Otherwise, and for other models, one `gradient` at a time.
+        """
+        singles = lambda: [self.gradient(params, w, s) for w, s in requests]  # noqa: E731
+        if len(requests) < 2 or not self.batches_gradients:
+            return singles()
+        rows = [self.batch_indices(w, s) for w, s in requests]
+        shape = (len(rows), len(rows[0]))
+        if any(len(r) != shape[1] for r in rows) or self._batch_ok.get(shape) is False:
+            return singles()
+        if self._batched_grad is None:
+            from torch.func import grad, vmap  # noqa: PLC0415 - only runs that batch gradients pay for it
+
+            model = self.model
+
+            def loss(tensors, x, y):
+                return F.cross_entropy(model.forward_tensors(tensors, x), y)
+
+            self._batched_grad = vmap(grad(loss), in_dims=(None, 0, 0))
+        idx = torch.as_tensor(np.stack(rows))
+        grads = self._batched_grad(self.model.views(params.detach()), self.data.x_train[idx], self.data.y_train[idx])
+        batched = list(torch.cat([g.reshape(shape[0], -1) for g in grads], dim=1).unbind(0))
+        if shape not in self._batch_ok:  # the first call of this shape: check it bit for bit
+            one_by_one = singles()
+            self._batch_ok[shape] = all(torch.equal(a, b) for a, b in zip(batched, one_by_one))
+            return one_by_one
+        return batched
 
     @torch.no_grad()
     def evaluate(self, params: torch.Tensor) -> tuple[float, float]:
