@@ -280,7 +280,6 @@ class FlowNetwork:
     def __init__(self, env: simpy.Environment, topology: Topology):
         self.env = env
         self.topology = topology
-        self.link_bytes: dict[Link, float] = defaultdict(float)  # bytes each link carried, failed flows' too
         self.completed: list[Flow] = []  # kept while `record` is on (for the trace)
         # While `record` is on: (time, link name, bytes/s allocated on it, its capacity) each time a
         # link's total allocated rate or capacity changes (the trace's utilisation counters); a link's
@@ -300,6 +299,8 @@ class FlowNetwork:
         self._capacity: list[float] = [_INF]  # the same, as a list (for the small-instance path)
         self._lcount = np.zeros(8, dtype=np.int64)
         self._busy = np.zeros(8)
+        self._bytes = np.zeros(8)  # bytes each link carried (failed flows' so far too), by link id
+        self._bytes_view: defaultdict[Link, float] | None = None
         self._log_rate = np.zeros(8)
         self._log_cap = np.zeros(8)
         self._logged = np.zeros(8, dtype=bool)
@@ -426,6 +427,16 @@ class FlowNetwork:
         return list(self._flows)
 
     @property
+    def link_bytes(self) -> defaultdict[Link, float]:
+        """Bytes each link carried: every delivered flow's size, and a failed flow's bytes up to its
+        failure (links that never carried a flow: absent, or 0). A snapshot, rebuilt after changes."""
+        if self._bytes_view is None:
+            carried = self._bytes
+            self._bytes_view = defaultdict(float, ((self._links[i], float(carried[i]))
+                                                   for i in range(1, len(self._links))))
+        return self._bytes_view
+
+    @property
     def link_busy_s(self) -> defaultdict[Link, float]:
         """Seconds each link carried at least one flow (links that never did: absent, or 0)."""
         if self._busy_view is None:
@@ -454,6 +465,7 @@ class FlowNetwork:
                 self._lcap = np.concatenate([self._lcap, np.full(grow, _INF)])
                 self._lcount = np.concatenate([self._lcount, np.zeros(grow, dtype=np.int64)])
                 self._busy = np.concatenate([self._busy, np.zeros(grow)])
+                self._bytes = np.concatenate([self._bytes, np.zeros(grow)])
                 self._log_rate = np.concatenate([self._log_rate, np.zeros(grow)])
                 self._log_cap = np.concatenate([self._log_cap, np.zeros(grow)])
                 self._logged = np.concatenate([self._logged, np.zeros(grow, dtype=bool)])
@@ -824,11 +836,10 @@ class FlowNetwork:
                 group = tails.setdefault((f.done, now + f.tail), [0, 0])
                 group[0] += 1
                 group[1] = i
+        self._carried(flows)
         for i, f in enumerate(flows):
-            f.end = self.env.now
+            f.end = now
             f._remaining = 0.0
-            for link in f.links:
-                self.link_bytes[link] += f.size
             if f.links:
                 self.sent[f.src] += f.size
                 self.received[f.dst] += f.size
@@ -847,6 +858,18 @@ class FlowNetwork:
             else:
                 f.done.succeed(f)
 
+    def _carried(self, flows: list[Flow], sizes: list[float] | None = None) -> None:
+        """Add each flow's size (or sizes[i]) to the bytes of every link it crossed, flow after flow in
+        order (np.add.at adds in that order, so the sums are the same bits as a loop's)."""
+        if sizes is None:
+            sizes = [f.size for f in flows]
+        lengths = [len(f._ids) for f in flows]
+        if not any(lengths):
+            return
+        ids = [i for f in flows for i in f._ids]
+        np.add.at(self._bytes, ids, np.repeat(sizes, lengths))
+        self._bytes_view = None
+
     def _fail(self, flow: Flow, error: Exception) -> None:
         """The flow will not be delivered: its links keep the bytes they carried; its event fails now."""
         flow.end = self.env.now
@@ -854,8 +877,7 @@ class FlowNetwork:
         flow.error = error
         carried = min(max(flow.size - flow._remaining, 0.0), flow.size)
         if carried > 0:
-            for link in flow.links:
-                self.link_bytes[link] += carried
+            self._carried([flow], [carried])
         self.failed.append(flow)
         if type(flow.done) is Batch:
             flow.done.failed(error)

@@ -90,8 +90,10 @@ class RingAllReduce(ReplicatedDataParallel):
 
     def schedule(self, start, durations):
         """(send time, buffer) of this step's fusion buffers, in the order they are all-reduced."""
+        slowest = max(durations)  # max(d_i * f) is max(d_i) * f to the bit (f >= 0, rounding is monotone)
+
         def ready(fraction):
-            return self.ready_time(start, durations, range(self.n), fraction)
+            return start + slowest * fraction
         if self.cfg.cycle_ms == 0:
             return [(ready(b.ready), b) for b in self.buffers]
         return cycle_buffers(self.profile, self.cfg.fusion_bytes, self.cfg.cycle_ms * 1e-3, ready)
