@@ -863,12 +863,18 @@ class FlowNetwork:
         order (np.add.at adds in that order, so the sums are the same bits as a loop's)."""
         if sizes is None:
             sizes = [f.size for f in flows]
+        self._bytes_view = None
+        if len(flows) <= 4:  # a few numpy scalars cost less than np.add.at
+            carried = self._bytes
+            for f, size in zip(flows, sizes):
+                for i in f._ids:
+                    carried[i] += size
+            return
         lengths = [len(f._ids) for f in flows]
         if not any(lengths):
             return
         ids = [i for f in flows for i in f._ids]
         np.add.at(self._bytes, ids, np.repeat(sizes, lengths))
-        self._bytes_view = None
 
     def _fail(self, flow: Flow, error: Exception) -> None:
         """The flow will not be delivered: its links keep the bytes they carried; its event fails now."""
