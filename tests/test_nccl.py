@@ -60,6 +60,19 @@ def test_a_ring_on_an_idle_star_is_its_closed_form_with_channels_x_sockets_cappe
     assert sum(f.size for f in flows) == pytest.approx(2 * (n - 1) / n * s_bytes, rel=1e-12)
 
 
+@pytest.mark.parametrize("s_bytes,doubled", [(4 * 32768, True), (4 * 32768 + 1, False)])
+def test_nccl_2_3_ll_rule_doubles_the_bytes_of_an_all_reduce_up_to_n_times_its_per_rank_bytes(s_bytes, doubled):
+    """NCCL 2.3 (src/include/common_coll.h, ncclGetCollResource): an all-reduce of at most n x 32 KiB on
+    Volta over several machines runs LL, whose lines are half flags: every hop moves 2 S. Above: Simple."""
+    n = 4
+    settings = NcclSettings("ring", 1, 1, LAUNCH, STEP, ll_bytes_per_rank=32768)
+    env, net, comm = star_communicator(n, settings)
+    wire = 2 * s_bytes if doubled else s_bytes
+    expected = LAUNCH + 2 * (n - 1) * (ALPHA + STEP) + 2 * (n - 1) / n * wire / (10 * GB)
+    assert timed(env, comm.allreduce(env, s_bytes)) == pytest.approx(expected, rel=1e-12)
+    assert sum(f.size for f in net.completed if f.src == "h0") == pytest.approx(2 * (n - 1) / n * wire, rel=1e-12)
+
+
 def test_reduce_scatter_and_all_gather_are_half_the_ring():
     n, s_bytes = 5, 10e6
     env, _, comm = star_communicator(n, NcclSettings("ring", 2, 1, LAUNCH, STEP))

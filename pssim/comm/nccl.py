@@ -40,7 +40,8 @@ the transport's own per-message latency is the step's cost). On an idle network 
 
 the bottleneck being e.g. min(NIC, channels x streams x flow cap) between machines on TCP.
 
-Left out: the LL and LL128 protocols (Simple only), NVLS, CollNet and PAT, the tuner's per-size tree
+Left out: the LL and LL128 protocols (Simple only; NCCL 2.3's fixed LL rule, which doubles the bytes of
+small all-reduces, on request: NcclSettings.ll_bytes_per_rank), NVLS, CollNet and PAT, the tuner's per-size tree
 correction and ring plateau factors, and NCCL's own latency tables.
 """
 
@@ -62,6 +63,11 @@ class NcclSettings:
     sockets: int = 1  # per connection, between machines over TCP
     launch_s: float = 0.0
     socket_step_s: float = 0.0
+    # NCCL 2.3's fixed LL rule (src/include/common_coll.h, ncclGetCollResource): an all-reduce of at most
+    # n x ll_bytes_per_rank bytes runs the LL protocol, whose 16-byte lines carry 8 bytes of data and 8 of
+    # flags, so every hop moves twice the bytes (transport.cu: "nbytes = llMode ? nbytes * 2"). 0: Simple
+    # only (pssim's default). 2.3.7 on Volta over several machines: 256 threads x 128 B = 32768.
+    ll_bytes_per_rank: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,8 @@ class Communicator:
         """Every member ends with the sum: the algorithm `algorithm_for` picks."""
         if self.n < 2:
             return
+        if nbytes <= self.n * self.settings.ll_bytes_per_rank:
+            nbytes *= 2  # LL: half of every line is flags (NcclSettings.ll_bytes_per_rank)
         if self.algorithm_for(nbytes) == "tree":
             yield from self._run(env, self._tree_transfers(nbytes), self._tree_fill() - self._latest("tree"), tag)
         else:

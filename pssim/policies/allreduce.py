@@ -35,6 +35,10 @@ class AllReduceConfig(ReplicatedConfig):
     # Each pipeline step between machines over TCP (NCCL's socket proxy), beyond the transport's own
     # per-message latency (fitted: docs/MODELS.md, NCCL).
     socket_step_us: float = 51.5
+    # NCCL 2.3's LL rule: an all-reduce of at most n x ll_bytes_per_rank bytes moves twice its bytes (LL
+    # lines are half flags; NcclSettings.ll_bytes_per_rank). 0: Simple only. NCCL 2.3.7, Volta, several
+    # machines: 32768 (src/include/common_coll.h: 256 LL threads x a 2 x 64 B thread threshold).
+    ll_bytes_per_rank: float = 0.0
     # Horovod's hierarchical all-reduce: reduce-scatter inside each machine, an all-reduce per local rank
     # across machines, all-gather inside.
     hierarchical: bool = False
@@ -48,7 +52,7 @@ class AllReduceConfig(ReplicatedConfig):
         require(1 <= self.channels <= 64, "policy.channels", self.channels, "must be in [1, 64]")
         require(1 <= self.sockets_per_connection <= 64, "policy.sockets_per_connection",
                 self.sockets_per_connection, "must be in [1, 64] (NCCL's MAX_SOCKETS)")
-        for key in ("launch_us", "socket_step_us"):
+        for key in ("launch_us", "socket_step_us", "ll_bytes_per_rank"):
             finite(f"policy.{key}", getattr(self, key), at_most=1e6)
             require(getattr(self, key) >= 0, f"policy.{key}", getattr(self, key), "must be >= 0")
 
@@ -75,7 +79,7 @@ class RingAllReduce(ReplicatedDataParallel):
         self.hierarchical = cfg.hierarchical and self.layout.gpus_per_machine > 1
         self.ideal = cfg.algorithm == "ideal_ring"
         settings = NcclSettings("auto" if self.ideal else cfg.algorithm, cfg.channels, cfg.sockets_per_connection,
-                                cfg.launch_us * 1e-6, cfg.socket_step_us * 1e-6)
+                                cfg.launch_us * 1e-6, cfg.socket_step_us * 1e-6, cfg.ll_bytes_per_rank)
         self.nccl = Communicator(self.network, self.machines, settings)
         self.local = [Communicator(self.network, [gpus], settings) for gpus in self.machines]
         self.cross = [Communicator(self.network, [[gpus[l]] for gpus in self.machines], settings)
