@@ -57,6 +57,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from functools import lru_cache
+from itertools import chain
 
 import numpy as np
 import simpy
@@ -366,20 +367,28 @@ class FlowNetwork:
         the clock), it is that `all_of`.
         """
         now = self.env.now
+        regular = bool(transfers)
+        paths, route = [], self._paths
         try:
-            paths = [self._paths(src, dst) for src, dst, _ in transfers]
+            for src, dst, _ in transfers:
+                p = route(src, dst)
+                paths.append(p)
+                if len(p) > 1 or 0 < p[0][1] and now + p[0][1] == now:
+                    regular = False
         except NoRoute:
-            paths = None
-        if not transfers or paths is None or any(len(p) > 1 or 0 < p[0][1] and now + p[0][1] == now for p in paths):
+            regular = False
+        if not regular:
             sends = [self.send(src, dst, nbytes, tag, messages) for src, dst, nbytes in transfers]
             for send in sends:
                 send.defused = True
             return self.env.all_of(sends)
         batch = Batch(self.env.event(), len(transfers))
         due: dict[float, list[Flow]] = {}  # first-byte time -> its flows, admitted by one timeout
+        later = max(messages - 1, 0)
         for (src, dst, nbytes), ((links, latency, cap, ids),) in zip(transfers, paths):
-            flow = Flow(src, dst, float(nbytes), tag, links, cap, batch, submitted=now,
-                        remaining=float(nbytes), tail=latency * max(messages - 1, 0))
+            nbytes = float(nbytes)
+            flow = Flow(src, dst, nbytes, tag, links, cap, batch, now, math.nan, math.nan, nbytes, 0.0,
+                        latency * later)
             flow._ids = ids
             if latency > 0:
                 group = due.get(now + latency)
@@ -494,13 +503,16 @@ class FlowNetwork:
     # -- the model ----------------------------------------------------------------------------------
     def _admit_all(self, flows: list[Flow]) -> None:
         """`_admit` each flow, in order; at once when none has to finish or fail on arrival."""
-        if self.topology.down_links or not all(f.size > 0 and f.links for f in flows):
+        now = self.env.now
+        regular = not self.topology.down_links
+        for flow in flows:
+            flow.start = now
+            if flow.size <= 0 or not flow.links:
+                regular = False
+        if not regular:
             for flow in flows:
                 self._admit(flow)
             return
-        now = self.env.now
-        for flow in flows:
-            flow.start = now
         self._flows.update(dict.fromkeys(flows))
         self._pending += flows
         self._dirty = True
@@ -528,7 +540,9 @@ class FlowNetwork:
         k = len(flows)
         while len(self._free) < k:
             self._grow()
-        width = max(len(f._ids) for f in flows)
+        ids = [f._ids for f in flows]
+        lengths = list(map(len, ids))
+        width = max(lengths)
         if width > len(self._hops):
             self._hops = np.concatenate([self._hops, np.zeros((width - len(self._hops), self._hops.shape[1]),
                                                               dtype=np.intp)])
@@ -545,11 +559,11 @@ class FlowNetwork:
                 f._net, f._slot = self, slot
                 slot_flow[slot] = f
             return
-        slots = [free.pop() for _ in range(k)]
+        slots = free[:-k - 1:-1]  # popped from the end, one after another
+        del free[-k:]
         where = np.array(slots, dtype=np.intp)
-        ids = [f._ids for f in flows]
-        lengths = np.fromiter(map(len, ids), dtype=np.intp, count=k)
-        flat = np.concatenate(ids)
+        lengths = np.array(lengths, dtype=np.intp)
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.intp, count=int(lengths.sum()))
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
         self._hops[np.arange(len(flat)) - starts, np.repeat(where, lengths)] = flat
         links = len(self._links)
@@ -827,36 +841,45 @@ class FlowNetwork:
     def _finish(self, flows: list[Flow]) -> None:
         """The flows' last bytes landed now: account them, and fire each one's event after its tail.
 
-        A batch's flows with a tail share one timeout per batch and end time, set where the last of
-        them would have set its own (the earlier ones' events would only have been counted)."""
+        A batch's flows of one tail are told to it together, where the last of them would have told it
+        (landed(count) then, or one timeout of the tail carrying the count): the earlier ones' events
+        would only have been counted."""
         now = self.env.now
-        tails: dict = {}  # (batch, delivery time) -> [flows, index of the last one]
+        groups: dict = {}  # (batch, tail) -> [flows, index of the last one]
         for i, f in enumerate(flows):
-            if f.tail > 0 and type(f.done) is Batch:
-                group = tails.setdefault((f.done, now + f.tail), [0, 0])
-                group[0] += 1
-                group[1] = i
+            if type(f.done) is Batch:
+                group = groups.get((f.done, f.tail))
+                if group is None:
+                    groups[f.done, f.tail] = [1, i]
+                else:
+                    group[0] += 1
+                    group[1] = i
         self._carried(flows)
+        sent, received, completed = self.sent, self.received, self.completed if self.record else None
+        delivered = self.bytes_delivered
         for i, f in enumerate(flows):
             f.end = now
             f._remaining = 0.0
+            size = f.size
             if f.links:
-                self.sent[f.src] += f.size
-                self.received[f.dst] += f.size
-            self.bytes_delivered += f.size
-            if self.record:
-                self.completed.append(f)
-            if type(f.done) is Batch:
-                if f.tail <= 0:
-                    f.done.landed(1)
-                else:
-                    count, last = tails[f.done, now + f.tail]
-                    if i == last:
-                        self.env.timeout(f.tail, (f.done, count)).callbacks.append(self._batch_after_tail)
-            elif f.tail > 0:
-                self.env.timeout(f.tail, f).callbacks.append(self._deliver_after_tail)
+                sent[f.src] += size
+                received[f.dst] += size
+            delivered += size
+            if completed is not None:
+                completed.append(f)
+            done, tail = f.done, f.tail
+            if type(done) is Batch:
+                count, last = groups[done, tail]
+                if i == last:
+                    if tail <= 0:
+                        done.landed(count)
+                    else:
+                        self.env.timeout(tail, (done, count)).callbacks.append(self._batch_after_tail)
+            elif tail > 0:
+                self.env.timeout(tail, f).callbacks.append(self._deliver_after_tail)
             else:
-                f.done.succeed(f)
+                done.succeed(f)
+        self.bytes_delivered = delivered
 
     def _carried(self, flows: list[Flow], sizes: list[float] | None = None) -> None:
         """Add each flow's size (or sizes[i]) to the bytes of every link it crossed, flow after flow in
