@@ -113,6 +113,18 @@ def test_min_clock_gate_opens_when_the_slowest_member_catches_up():
     assert log == [(2.0, "go"), (5.0, "member 0 at 4")]
 
 
+def test_min_clock_follows_the_minimum_through_random_ticks():
+    """The minimum it keeps (recomputed only when the last member at it moves) is min over the members
+    after every tick, ties at the minimum and jumps included (3,000 random ticks of 7 members)."""
+    import random
+    rng = random.Random(7)
+    clocks = MinClock(simpy.Environment(), 7)
+    for _ in range(3000):
+        member = rng.randrange(7)
+        clocks.tick(member, to=clocks[member] + rng.choice([0, 0, 1, 1, 1, 2, 5]))
+        assert clocks.value == min(clocks[i] for i in range(7))
+
+
 # -- wait_until ---------------------------------------------------------------------------------------
 def test_wait_until_sleeps_only_while_the_time_is_ahead():
     env = simpy.Environment()

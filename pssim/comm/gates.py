@@ -83,6 +83,7 @@ class MinClock:
         self.env = env
         self.members = [Clock(env, value) for _ in range(n)]
         self._min = Clock(env, value)
+        self._at_min = n  # how many members are at the minimum (it moves only when the last of them does)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -97,11 +98,20 @@ class MinClock:
         return self._min.value
 
     def tick(self, member: int, to: int | None = None) -> None:
-        """Move `member`'s clock forward (by one, or to `to`); if the minimum moves, release its waiters."""
-        self.members[member].advance(to)
+        """Move `member`'s clock forward (by one, or to `to`); if the minimum moves, release its waiters.
+        The minimum is recomputed only when the last member at it moves on: O(n) per move of the minimum,
+        not per tick."""
+        clock = self.members[member]
+        was = clock.value
+        clock.advance(to)
+        if was != self._min.value or clock.value == was:
+            return
+        self._at_min -= 1
+        if self._at_min:
+            return
         slowest = min(c.value for c in self.members)
-        if slowest > self._min.value:
-            self._min.advance(slowest)
+        self._at_min = sum(1 for c in self.members if c.value == slowest)
+        self._min.advance(slowest)
 
     def reached(self, v: int) -> simpy.Event:
         """An event that fires once every member's clock is at least v."""

@@ -174,6 +174,7 @@ class HetPipe(Policy):
         self.stage_bytes = [[[self._bytes(j, st.layers) for j in range(len(shards))] for st in w.stages]
                             for w in self.workers]
         self._received: dict[tuple[int, int], list] = {}  # (shard, wave) -> per VW (grad slice, rows)
+        self._arrived: dict[tuple[int, int], int] = {}  # (shard, wave) -> how many VWs have pushed it
         self.vws = [_VirtualWorker(w, ctx.initial_params, len(shards)) for w in self.workers]
 
     def _bytes(self, j: int, layers: range) -> float:
@@ -274,6 +275,7 @@ class HetPipe(Policy):
         grad = None if wave.grad is None else wave.grad[shard.lo:shard.hi]
         received = self._received.setdefault((j, c), [None] * self.n)
         received[w.index] = (grad, wave.rows)
+        self._arrived[j, c] = self._arrived.get((j, c), 0) + 1
         self._apply_ready(j)
 
     def _apply_ready(self, j: int) -> None:
@@ -281,10 +283,10 @@ class HetPipe(Policy):
         shard = self.servers.shards[j]
         while True:
             c = shard.version
-            received = self._received.get((j, c))
-            if received is None or any(r is None for r in received):
+            if self._arrived.get((j, c), 0) < self.n:
                 return
-            del self._received[(j, c)]
+            received = self._received.pop((j, c))
+            del self._arrived[j, c]
             for _, rows in received:
                 for rec, versions in rows:
                     rec.staleness = max(rec.staleness, c - versions[j])
