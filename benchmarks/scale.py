@@ -4,7 +4,7 @@ What: for each policy and cluster size, one timing-only run (``train.numerics=Fa
 only the simulation) of N global steps of resnet50's timing profile on the two_tier topology with 8
 GPUs per machine, in a fresh interpreter each (so one run's caches and garbage never slow the next,
 and a run past --timeout can be stopped). The parameter-server policies (sync, async, ssp,
-bounded_delay) get one server shard per machine (GPUs / 8), BytePS one CPU machine per GPU machine
+bounded_delay, and HetPipe's) get one server shard per machine (GPUs / 8), BytePS one CPU machine per GPU machine
 (``--servers N``: N of them at every size; with GPUs / 8 a step sends GPUs x servers messages, so the
 simulated work itself grows as GPUs^2).
 
@@ -20,7 +20,7 @@ time and peak memory against the number of steps at one cluster size (exponent 1
 nothing accumulates per step). ``benchmarks/scale_plot.py`` draws the JSON this writes.
 
 Usage:
-    python benchmarks/scale.py                                   # 7 policies x 64, 256, 1024 GPUs, 5 steps
+    python benchmarks/scale.py                                   # 9 policies x 64, 256, 1024 GPUs, 5 steps
     python benchmarks/scale.py --policy sync allreduce --gpus 64 256 --steps 10
     python benchmarks/scale.py --gpus 4096 --policy allreduce --timeout 900
     python benchmarks/scale.py --json scale.json                 # also write the results as JSON
@@ -48,8 +48,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-POLICIES = ["sync", "async", "ssp", "bounded_delay", "allreduce", "byteps", "herring"]
-SERVERS = {"sync", "async", "ssp", "bounded_delay"}
+POLICIES = ["sync", "async", "ssp", "bounded_delay", "allreduce", "byteps", "herring", "parallax", "hetpipe"]
+SERVERS = {"sync", "async", "ssp", "bounded_delay", "hetpipe"}
 
 
 def overrides(policy: str, gpus: int, steps: int, out_dir: str, servers: int | None = None) -> dict:
