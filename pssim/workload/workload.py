@@ -134,7 +134,7 @@ class Workload:
         bits of `gradient` one at a time, in fewer calls where that is so.
 
         For a dense `Model` and batches of one size, one call: `torch.func.vmap` of the gradient over
-        the stacked batches, with the parameters shared (about half the cost for the default MLP). The
+        the stacked batches, with the parameters shared (16 default-MLP batches: about half the cost). The
         batched kernels give the same bits as one batch alone for some shapes and not for others (a
         batch of one row, say), so the first call of each shape (requests x rows) computes both ways
         and batches that shape from then on only if every gradient was bit-identical
