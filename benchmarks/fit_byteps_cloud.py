@@ -36,13 +36,14 @@ HOROVOD = ["policy.algorithm=ring", "policy.channels=1", "policy.ll_bytes_per_ra
 PUBLISHED = {16: (4000, 4800), 32: (7700, 8900), 64: (11500, 16600)}  # ResNet-50 (Horovod, BytePS) images/s
 
 
-def rows(beta: float, eta: float) -> dict:
+def rows(beta: float, eta: float, horovod: tuple[str, ...] = tuple(HOROVOD)) -> dict:
+    """The six rows at (beta, eta); `horovod`: the Horovod rows' extra overrides."""
     warnings.filterwarnings("ignore")
     from pssim.validation import throughput
     out = {"beta": beta, "eta": eta, "rows": {}}
     for gpus, pub in PUBLISHED.items():
         for system, policy, figure in (("horovod", "allreduce", pub[0]), ("byteps", "byteps", pub[1])):
-            extra = tuple(HOROVOD) if policy == "allreduce" else ()
+            extra = horovod if policy == "allreduce" else ()
             value = throughput(f"+policy={policy}", "+experiment=byteps_tcp20_resnet50", f"cluster.workers={gpus}",
                                f"network.fabric_share_beta={beta}", f"policy.overlap_loss={eta}", *extra)
             out["rows"][f"{system} {gpus}"] = (round(value), round(value / figure - 1, 4))
@@ -59,11 +60,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--horovod", default="", help="more overrides for the Horovod rows, space-separated")
     args = parser.parse_args()
-    HOROVOD.extend(args.horovod.split())
+    horovod = (*HOROVOD, *args.horovod.split())  # passed to each job (a module global would not reach spawned ones)
     grid = list(product(map(float, args.betas.split(",")), map(float, args.etas.split(","))))
     results = []
     with ProcessPoolExecutor(args.jobs) as pool:
-        for r in pool.map(rows, *zip(*grid)):
+        for r in pool.map(rows, *zip(*grid), [horovod] * len(grid)):
             print(json.dumps(r), flush=True)
             results.append(r)
     best = min(results, key=lambda r: (round(r["max_abs"], 4), r["sumsq"]))

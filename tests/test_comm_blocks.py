@@ -381,3 +381,71 @@ def test_a_shard_hands_out_one_snapshot_per_state_of_its_parameters():
     s.overwrite(torch.full((10,), 2.0, dtype=torch.float64), None)
     assert s.version == 1 and torch.equal(s.snapshot(), torch.full((10,), 2.0, dtype=torch.float64))
     assert torch.equal(after, torch.full((10,), -0.5, dtype=torch.float64))
+
+
+def test_a_resend_after_the_worker_crashed_keeps_the_original_record():
+    """A push part re-sent after its shard's server changed (bounded_delay's takeover) keeps the record
+    of the step it began with, though the worker crashed meanwhile (Policy.crash_worker sets
+    worker.current = None)."""
+    from types import SimpleNamespace
+    from pssim import to_config
+    from pssim.cluster.worker import StepRecord
+    from pssim.comm.ps import ParameterServers
+    from conftest import fast
+    env = simpy.Environment()
+    transport = Transport.from_config(to_config(**fast()).network)
+    network = FlowNetwork(env, star(["worker0", "server0", "server1"], transport))
+    shard = ServerShard(env, 0, "server0", 0, 10, 4e6, None)
+    ps = ParameterServers(env, network, [shard], 1e-9, 1e-9, on_version=lambda: None)
+    rec = StepRecord(0, 0, 0)
+    worker = SimpleNamespace(host="worker0", index=0, current=rec, delivered=0)
+    arrived = []
+
+    def pusher():
+        try:
+            yield from ps.push(worker, None, lambda s, w, g: arrived.append(env.now))
+        except simpy.Interrupt:
+            pass
+
+    proc = env.process(pusher())
+
+    def crash(_):
+        proc.interrupt()
+        worker.current = None  # Policy.crash_worker
+        shard.host = "server1"  # Replication.crash: the range's new primary
+
+    env.timeout(1e-4).callbacks.append(crash)
+    env.run()
+    assert len(arrived) == 1
+    assert rec.bytes_sent == 4e6 and rec.push_end == arrived[0]
+
+
+def test_a_part_failing_after_its_pusher_was_interrupted_does_not_stop_the_run():
+    """A worker interrupted mid-push (a crash) no longer waits on its push; when a part then fails (its
+    link goes down) the run goes on, while a pusher still waiting gets the LinkDown."""
+    from pssim import to_config
+    from pssim.cluster.worker import StepRecord
+    from pssim.comm.ps import ParameterServers
+    from pssim.network.errors import LinkDown
+    from conftest import fast
+    transport = Transport.from_config(to_config(**fast()).network)
+    for interrupted in (True, False):
+        env = simpy.Environment()
+        network = FlowNetwork(env, star(["worker0", "server0"], transport))
+        ps = ParameterServers(env, network, [ServerShard(env, 0, "server0", 0, 10, 4e6, None)], 0.0, 0.0,
+                              on_version=lambda: None)
+        worker = type("W", (), {"host": "worker0", "index": 0, "current": StepRecord(0, 0, 0), "delivered": 0})()
+        caught = []
+
+        def pusher():
+            try:
+                yield from ps.push(worker, None, lambda s, w, g: None)
+            except (simpy.Interrupt, LinkDown) as error:
+                caught.append(type(error).__name__)
+
+        proc = env.process(pusher())
+        if interrupted:
+            env.timeout(1e-4).callbacks.append(lambda _: proc.interrupt())
+        env.timeout(2e-4).callbacks.append(lambda _: network.fail_link("worker0", "switch"))
+        env.run()  # must not raise
+        assert caught == (["Interrupt"] if interrupted else ["LinkDown"])

@@ -151,17 +151,19 @@ class ParameterServers:
         worker.current.comm_start = self.env.now
         parts = _Parts(self.env, len(self.shards))
         for j, shard in enumerate(self.shards):
-            self._push_shard(worker, shard, self.push_bytes(shard, rows_touched), grad, on_arrival, parts, j)
+            self._push_shard(worker, worker.current, shard, self.push_bytes(shard, rows_touched), grad, on_arrival,
+                             parts, j)
         return (yield parts.event)
 
-    def _push_shard(self, worker, shard: ServerShard, nbytes: float, grad, on_arrival: Callable,
+    def _push_shard(self, worker, rec, shard: ServerShard, nbytes: float, grad, on_arrival: Callable,
                     parts: "_Parts", j: int) -> None:
         """One shard's part of a push, driven by callbacks (no process of its own): the bytes cross the
         network, the shard's CPU takes them in (FIFO), then on_arrival. If the shard's server lost the
         range meanwhile (a crash), the part is sent again to the range's new primary. The step's record
         is updated as each shard takes the gradient (bytes_sent; push_end at the last), so it is right
         even if that apply ends the run."""
-        rec, host = worker.current, shard.host
+        host = shard.host  # `rec`: the step's record as the push began; a resend keeps it (the worker may
+        # have crashed since, leaving worker.current None or another step's record)
 
         def landed(event) -> None:
             if not event.ok:
@@ -176,7 +178,7 @@ class ParameterServers:
         def taken() -> None:
             if shard.host != host:  # its server crashed meanwhile: send it again to the range's new primary
                 self._resent(nbytes)
-                self._push_shard(worker, shard, nbytes, grad, on_arrival, parts, j)
+                self._push_shard(worker, rec, shard, nbytes, grad, on_arrival, parts, j)
                 return
             rec.bytes_sent += nbytes
             worker.delivered += 1
@@ -270,6 +272,9 @@ class _Parts:
 
     def __init__(self, env, count: int):
         self.event = env.event()
+        # A waiter that was interrupted (its worker crashed) no longer listens: a part failing after
+        # that must not stop the run. A waiter still yielding on it gets the error as before.
+        self.event.defused = True
         self.parts: list = [None] * count
         self.left = count
 
