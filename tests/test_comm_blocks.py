@@ -364,8 +364,8 @@ def test_a_push_from_outside_the_machines_or_twice_is_refused():
 
 def test_a_shard_hands_out_one_snapshot_per_state_of_its_parameters():
     """Pulls of one version share one copy (so workers on that version share a tensor), a copy never
-    changes afterwards, and an update or an `overwrite` (a replica taking over, the version unchanged)
-    gives the next pull the new values."""
+    changes afterwards, and an update, an `overwrite` (a replica taking over, the version unchanged) or
+    any other in-place write gives the next pull the new values."""
     import torch
     from pssim.workload.optimizer import SGD
     from pssim.workload.state import ModelState
@@ -381,6 +381,8 @@ def test_a_shard_hands_out_one_snapshot_per_state_of_its_parameters():
     s.overwrite(torch.full((10,), 2.0, dtype=torch.float64), None)
     assert s.version == 1 and torch.equal(s.snapshot(), torch.full((10,), 2.0, dtype=torch.float64))
     assert torch.equal(after, torch.full((10,), -0.5, dtype=torch.float64))
+    params.add_(1.0)  # any in-place write to the model the shard views, however made
+    assert torch.equal(s.snapshot(), torch.full((10,), 3.0, dtype=torch.float64))
 
 
 def test_a_resend_after_the_worker_crashed_keeps_the_original_record():

@@ -280,3 +280,12 @@ def test_check_rows_that_the_model_misses(what, gpus, nbytes, keys, published):
 
 
 # Horovod's rows of the BytePS charts are pssim/validation.py's (tests/test_validation.py asserts them).
+
+
+def test_the_ll_rule_is_refused_with_another_algorithm_than_the_ring_naming_the_key():
+    from pssim import ConfigError, to_config
+    from conftest import fast
+    with pytest.raises(ConfigError, match=r"policy\.ll_bytes_per_rank.*unless policy\.algorithm is ring"):
+        to_config(**fast(policy="allreduce", policy__ll_bytes_per_rank=32768, policy__algorithm="auto"))
+    assert to_config(**fast(policy="allreduce", policy__ll_bytes_per_rank=32768,
+                            policy__algorithm="ring")).policy.ll_bytes_per_rank == 32768

@@ -51,8 +51,7 @@ class ServerShard:
         self.clock = Clock(env)  # the version: updates applied so far
         self.up = True
         self.cpu = Threads(env, host, 1)
-        self._snapshot: tuple[tuple[int, int], torch.Tensor] | None = None  # ((version, writes), copy)
-        self._writes = 0  # in-place writes that did not move the version (`overwrite`)
+        self._snapshot: tuple[tuple[int, int], torch.Tensor] | None = None  # ((version, in-place writes), copy)
 
     @property
     def version(self) -> int:
@@ -97,10 +96,12 @@ class ServerShard:
     def snapshot(self) -> torch.Tensor | None:
         """A copy of the shard's parameters as they are now (None in timing-only runs). The same copy is
         handed out until they change (an update, or `overwrite`), so every pull of one version gets the
-        same tensor, and workers computing on it can have their gradients batched."""
+        same tensor, and workers computing on it can have their gradients batched. "Change" is read off
+        torch's in-place write counter of the parameters (shared with the model's flat vector they view),
+        so no write can leave a stale copy behind, whoever makes it."""
         if self.state is None:
             return None
-        key = (self.clock.value, self._writes)
+        key = (self.clock.value, self.state.params._version)
         if self._snapshot is None or self._snapshot[0] != key:
             self._snapshot = (key, self.state.snapshot())
         return self._snapshot[1]
@@ -110,4 +111,3 @@ class ServerShard:
         over a crashed server's range)."""
         self.state.params.copy_(params)
         self.state.restore(optimizer_state)
-        self._writes += 1

@@ -52,6 +52,9 @@ class AllReduceConfig(ReplicatedConfig):
         require(1 <= self.channels <= 64, "policy.channels", self.channels, "must be in [1, 64]")
         require(1 <= self.sockets_per_connection <= 64, "policy.sockets_per_connection",
                 self.sockets_per_connection, "must be in [1, 64] (NCCL's MAX_SOCKETS)")
+        require(self.ll_bytes_per_rank == 0 or self.algorithm == "ring", "policy.ll_bytes_per_rank",
+                self.ll_bytes_per_rank, f"must be 0 unless policy.algorithm is ring, not {self.algorithm!r} (it is "
+                "NCCL 2.3's LL rule, and NCCL 2.3 had the ring only)")
         for key in ("launch_us", "socket_step_us", "ll_bytes_per_rank"):
             finite(f"policy.{key}", getattr(self, key), at_most=1e6)
             require(getattr(self, key) >= 0, f"policy.{key}", getattr(self, key), "must be >= 0")
