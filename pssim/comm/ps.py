@@ -166,9 +166,7 @@ class ParameterServers:
         # have crashed since, leaving worker.current None or another step's record)
 
         def landed(event) -> None:
-            if not event.ok:
-                event.defused = True
-                parts.fail(event.value)
+            if parts.failed(event):
                 return
             if not shard.up:  # a shard marked down refuses the push
                 parts.fail(shard.refusal())
@@ -213,7 +211,8 @@ class ParameterServers:
     def _assemble(self, snapshots: list) -> torch.Tensor | None:
         """The whole parameter vector from the shards' snapshots: the same tensor as the last pull's when
         every shard handed out the same snapshot (`ServerShard.snapshot`), so the workers that pulled one
-        version share one tensor (and one batched gradient); a new one otherwise. Nobody writes to it."""
+        version share one tensor (one copy in memory, not one per worker); a new one otherwise. Nobody
+        writes to it."""
         if snapshots[0] is None:
             return None
         last = self._assembled
@@ -230,16 +229,12 @@ class ParameterServers:
         host = shard.host
 
         def asked(event) -> None:
-            if not event.ok:
-                event.defused = True
-                parts.fail(event.value)
+            if parts.failed(event):
                 return
             shard.reached(min_version).callbacks.append(ready)
 
         def ready(event) -> None:
-            if not event.ok:  # the shard went down (ShardDown)
-                event.defused = True
-                parts.fail(event.value)
+            if parts.failed(event):  # the shard went down (ShardDown)
                 return
             shard.cpu.then(shard.nbytes * self.send_cpu, f"send w{worker.index}", send)
 
@@ -249,10 +244,9 @@ class ParameterServers:
                 lambda event: landed(event, snapshot, version))
 
         def landed(event, snapshot, version) -> None:
-            if not event.ok:
-                event.defused = True
-                parts.fail(event.value)
-            elif shard.host == host:
+            if parts.failed(event):
+                return
+            if shard.host == host:
                 parts.put(j, (snapshot, version))
             else:  # its server crashed before the reply landed: ask the new primary
                 self._resent(shard.nbytes)
@@ -287,3 +281,12 @@ class _Parts:
     def fail(self, error: BaseException) -> None:
         if not self.event.triggered:
             self.event.fail(error)
+
+    def failed(self, event) -> bool:
+        """If a part's `event` failed (a network error, ShardDown), take its error as this push's or
+        pull's (`fail`; the event itself is handled) and say so."""
+        if event.ok:
+            return False
+        event.defused = True
+        self.fail(event.value)
+        return True

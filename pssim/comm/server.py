@@ -96,7 +96,7 @@ class ServerShard:
     def snapshot(self) -> torch.Tensor | None:
         """A copy of the shard's parameters as they are now (None in timing-only runs). The same copy is
         handed out until they change (an update, or `overwrite`), so every pull of one version gets the
-        same tensor, and workers computing on it can have their gradients batched. "Change" is read off
+        same tensor (one copy in memory however many workers hold it). "Change" is read off
         torch's in-place write counter of the parameters (shared with the model's flat vector they view),
         so no write can leave a stale copy behind, whoever makes it."""
         if self.state is None:
