@@ -114,7 +114,7 @@ class Workload:
         flat vector and a copy per tensor). Other models go through `loss` on a flat leaf."""
         rows = self.batch_indices(worker, step)
         model = self.model
-        if isinstance(model, Model) and type(model).forward is Model.forward:
+        if self._dense:
             leaves = [v.detach().requires_grad_(True) for v in model.views(params)]
             idx = torch.as_tensor(rows)
             loss = F.cross_entropy(model.forward_tensors(leaves, self.data.x_train[idx]), self.data.y_train[idx])
@@ -124,10 +124,15 @@ class Workload:
         return grad
 
     @property
+    def _dense(self) -> bool:
+        """A dense `Model` with its own forward: its tensors can be leaves of their own (`gradient`) and
+        its gradient can be batched (`gradients`)."""
+        return isinstance(self.model, Model) and type(self.model).forward is Model.forward
+
+    @property
     def batches_gradients(self) -> bool:
-        """Whether `gradients` takes several batches in one call: a dense `Model` with its own forward."""
-        model = self.model
-        return isinstance(model, Model) and type(model).forward is Model.forward
+        """Whether `gradients` takes several batches in one call (`_dense`)."""
+        return self._dense
 
     def gradients(self, params: torch.Tensor, requests: list[tuple[int, int]]) -> list[torch.Tensor]:
         """The gradients of several (worker, step) batches at the same `params`, in order: exactly the
