@@ -16,7 +16,7 @@ from pssim.config import ConfigError
 from pssim.network import FlowNetwork, star
 from pssim import validation
 from pssim.simulation import Simulation
-from pssim.validation import GVNIC, H100, P5, V100_RDMA
+from pssim.validation import GVNIC, H100, H100_SMALL, P5, V100_RDMA
 from conftest import fast
 from test_network import GB, transport
 
@@ -150,6 +150,54 @@ def test_with_two_machines_the_tree_counts_double_bandwidth_and_wins_large_messa
     assert comm(24).algorithm_for(GIB) == "ring"
 
 
+# -- NVLS -------------------------------------------------------------------------------------------
+NVLINK4 = 3600e9 / 8 * 0.8  # the nvlink4 preset: 3,600 Gb/s at efficiency 0.8, bytes/s each way
+NVLS_HOPPER = 0.85  # NCCL's nvlsEfficiency for Hopper (src/graph/tuning.cc)
+
+
+def h100_machine(gpus=8, **keys):
+    """One allreduce Simulation of `gpus` H100s on nvlink4 machines of 8 (its env and NCCL communicator)."""
+    keys = {"cluster__gpus_per_machine": 8, "cluster__device": "h100", "intra": "nvlink4", **keys}
+    sim = Simulation(to_config(**fast(policy="allreduce", cluster__workers=gpus, train__steps=1,
+                                      train__numerics=False, **keys)))
+    return sim.ctx.env, sim.network, sim.policy.nccl
+
+
+@pytest.mark.parametrize("s_bytes", [64 * MIB, GIB])
+def test_nvls_on_one_h100_machine_is_its_closed_form(s_bytes):
+    """NVLS: every GPU's NVLink carries S (n+1)/n up to the NVSwitch and as much down (the switch reads
+    each chunk of every GPU and returns the sum, then multicasts each GPU's chunk), at NCCL's Hopper
+    efficiency 0.85 of the link, after the launch and tuning.cc's 25 us NVLS latency:
+    launch + 25 us + 9/8 S / (0.85 x 360 GB/s); bus bandwidth 2(n-1)/(n+1) x 0.85 x 360 = 476 GB/s."""
+    n = 8
+    env, net, comm = h100_machine(n, policy__algorithm="nvls")
+    expected = LAUNCH + 25e-6 + (n + 1) / n * s_bytes / (NVLS_HOPPER * NVLINK4)
+    assert timed(env, comm.allreduce(env, s_bytes)) == pytest.approx(expected, rel=1e-12)
+    for g in range(n):
+        up = net.link_bytes[net.topology.link(f"machine0.gpu{g}", "machine0.nvlink")]
+        down = net.link_bytes[net.topology.link("machine0.nvlink", f"machine0.gpu{g}")]
+        assert up == down == pytest.approx((n + 1) / n * s_bytes, rel=1e-12)
+
+
+def test_the_tuner_runs_nvls_only_on_one_h100_nvswitch_machine():
+    """NVLS needs one machine (across machines NCCL needs CollNet or NVLSTree), an NVSwitch (not PCIe)
+    and Hopper (NCCL's nvlsEfficiency is 0 before it). Where it can run it beats ring and tree at 1 GiB:
+    9/8 S / (0.85 B) against the ring's 14/8 S / B."""
+    assert h100_machine(8)[2].algorithm_for(GIB) == "nvls"
+    assert h100_machine(4, cluster__gpus_per_machine=4)[2].algorithm_for(GIB) == "nvls"
+    assert h100_machine(16)[2].nvls_switch is None
+    assert h100_machine(8, cluster__device="a100")[2].nvls_switch is None
+    assert h100_machine(8, intra="pcie4")[2].nvls_switch is None
+    assert h100_machine(8, policy__algorithm="ring")[2].algorithm_for(GIB) == "ring"
+
+
+def test_nvls_is_refused_where_it_cannot_run_naming_the_key():
+    for gpus, keys in ((16, {}), (8, {"cluster__device": "a100"}), (8, {"intra": "pcie4"}),
+                       (16, {"policy__hierarchical": True})):
+        with pytest.raises(ConfigError, match=r"policy\.algorithm='nvls' is invalid: NVLS needs"):
+            h100_machine(gpus, policy__algorithm="nvls", **keys)
+
+
 # -- flat and hierarchical --------------------------------------------------------------------------
 def test_nccl_rings_cross_each_nic_once_per_channel_and_hierarchical_sends_m():
     """2 machines x 4 GPUs, one buffer of ResNet-50 per step, 3 steps. A flat NCCL ring: each channel's
@@ -225,7 +273,7 @@ def report(what: str, published: float, got: float) -> float:
 
 @pytest.mark.claims
 @pytest.mark.parametrize("what,gpus,nbytes,keys,published", [
-    ("8 x H100 NVLink, 8 B: time (ms) [fits policy.launch_us]", 8, 8, H100, 0.040),
+    ("8 x H100 NVLink, 8 B, LL ring: time (ms) [fits policy.launch_us]", 8, 8, H100_SMALL, 0.040),
     ("16 H100 gVNIC TCP, 8 B: time (ms) [fits policy.socket_step_us]", 16, 8, {**GVNIC, **H100}, 0.175),
     ("24 H100 gVNIC TCP, 1 GiB, Ring: busbw [fits the gVNIC's efficiency]", 24, GIB,
      {**GVNIC, **H100, "policy.algorithm": "ring"}, 14.24),
@@ -242,11 +290,9 @@ CHECKS = [  # (what, GPUs, bytes, keys, published, the algorithm NCCL runs or No
     ("24 H100 gVNIC TCP, 1 GiB, NCCL's choice: busbw", 24, GIB, {**GVNIC, **H100}, 14.95, "ring"),
     ("16 H100 gVNIC TCP, 1 GiB, NCCL's choice: busbw", 16, GIB, {**GVNIC, **H100}, 23.70, "tree"),
     ("16 H100 p5 EFA, 1 GiB: busbw", 16, GIB, P5, 435, None),
+    ("8 x H100 NVLink, 1 GiB: busbw", 8, GIB, H100, 465.4, "nvls"),
 ]
 FAILING = [  # rows the model misses by more than 15%, each with its cause
-    ("8 x H100 NVLink, 1 GiB: busbw", 8, GIB, H100, 465.4,
-     "NCCL runs NVLS there (NVLink SHARP: the NVSwitch reduces), which pssim leaves out: its ring reaches "
-     "the nvlink4 preset's 360 GB/s"),
     ("32 H100 p5 EFA, 1 GiB: busbw", 32, GIB, P5, 280,
      "pssim's EFA delivers the efa_100g preset's 0.9 x 3,200 Gb/s (a ring busbw of 345 GB/s); p5's measured "
      "NCCL gets 280, an efficiency the preset does not have"),

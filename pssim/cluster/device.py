@@ -34,6 +34,10 @@ class Device:
     memory_gb: float = 0.0
     memory_bandwidth: float = 0.0  # bytes/s
     calibrated: bool = True
+    # NCCL's NVLS efficiency for this architecture (src/graph/tuning.cc, nvlsEfficiency: Hopper 0.85,
+    # Blackwell 0.74, earlier 0): the share of its NVLink rate an NVLink SHARP all-reduce reaches on an
+    # NVSwitch machine. 0: no NVLS (pssim/comm/nccl.py).
+    nvls_efficiency: float = 0.0
 
     @property
     def tensor_cores(self) -> bool:
@@ -66,7 +70,7 @@ DEVICES.update({
         # H100 SXM5: 67 fp32, 494.7 TF32 and 989.4 fp16 dense (the datasheet's 989 / 1,979 are with
         # sparsity), 80 GB HBM3 at 3.35 TB/s (NVIDIA H100 datasheet).
         Device("h100", 67 * TFLOPS, 989 * TFLOPS, peak_tf32=494.7 * TFLOPS, memory_gb=80,
-               memory_bandwidth=3350 * GB_S),
+               memory_bandwidth=3350 * GB_S, nvls_efficiency=0.85),
         # T4: 8.1 fp32 / 65 mixed-precision tensor TFLOP/s, 16 GB GDDR6 at 320 GB/s (NVIDIA T4 datasheet).
         Device("t4", 8.1 * TFLOPS, 65 * TFLOPS, efficiency_fp32=0.5, efficiency_fp16=0.3, memory_gb=16,
                memory_bandwidth=320 * GB_S),

@@ -40,9 +40,22 @@ the transport's own per-message latency is the step's cost). On an idle network 
 
 the bottleneck being e.g. min(NIC, channels x streams x flow cap) between machines on TCP.
 
+NVLS (NVLink SHARP, src/device/all_reduce.h, runRing... runNvls; tuning.cc). On one machine whose GPUs
+meet in an NVSwitch and whose architecture has an NVLS efficiency (Hopper: 0.85, `Device.nvls_efficiency`),
+NCCL can let the switch reduce: each GPU's reduce-scatter loads its chunk's sum from the multicast address
+(the switch reads that chunk of every GPU and returns the sum: M out of each GPU in all, M/n in), and its
+all-gather stores the chunk to the multicast address (the switch writes it to every GPU: M/n out, M in).
+The two are pipelined, so every GPU's NVLink carries M (n+1)/n each way at once, which pssim sends as one
+flow up to the switch and one down per GPU, each capped at the efficiency times the GPU's NVLink rate.
+Its latency is tuning.cc's NVLS hardware latency (25 us, hwLatencies[NVLINK][NVLS][SIMPLE]), paid once.
+So on an idle machine an NVLS all-reduce of S takes launch + 25 us + (n+1)/n S / (efficiency x NVLink),
+a bus bandwidth of 2(n-1)/(n+1) x efficiency x NVLink. The tuner weighs it with ring and tree. Across
+machines NCCL needs CollNet (SHARP) for NVLS, or runs NVLSTree; neither is modelled.
+
 Left out: the LL and LL128 protocols (Simple only; NCCL 2.3's fixed LL rule, which doubles the bytes of
-small all-reduces, on request: NcclSettings.ll_bytes_per_rank), NVLS, CollNet and PAT, the tuner's per-size tree
-correction and ring plateau factors, and NCCL's own latency tables.
+small all-reduces, on request: NcclSettings.ll_bytes_per_rank), NVLSTree, CollNet and PAT, NVLS for
+reduce-scatter and all-gather, the tuner's per-size tree correction and ring plateau factors, and NCCL's
+own latency tables (but NVLS's).
 """
 
 from __future__ import annotations
@@ -50,8 +63,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import accumulate
 
-ALGORITHMS = ("auto", "ring", "tree")
+ALGORITHMS = ("auto", "ring", "tree", "nvls")
 TREE_EFFICIENCY = 0.92  # tuning.cc: a Tree all-reduce reaches .92 of the bus bandwidth, then / 2
+NVLS_LATENCY_S = 25e-6  # tuning.cc: hwLatencies[NVLINK][NVLS][SIMPLE], an NVLS all-reduce's whole latency
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,8 @@ class NcclSettings:
     # flags, so every hop moves twice the bytes (transport.cu: "nbytes = llMode ? nbytes * 2"). 0: Simple
     # only (pssim's default). 2.3.7 on Volta over several machines: 256 threads x 128 B = 32768.
     ll_bytes_per_rank: float = 0.0
+    # NCCL's NVLS efficiency of the GPUs' architecture (Device.nvls_efficiency; 0: no NVLS).
+    nvls_efficiency: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -132,17 +148,34 @@ class Communicator:
         self._rings: dict[int, list[Hop]] = {}  # each channel's ring hops; -1: the trees' hops
         self._bus_bandwidth: float | None = None
         self._fills: dict[tuple[str, int], float] = {}  # pipeline fills, read once like the routes
+        self.nvls_switch = self._nvls_switch()
+
+    def _nvls_switch(self) -> str | None:
+        """The NVSwitch NVLS reduces in: this communicator's one machine's, if its GPUs all hang off one
+        NVLink switch and their architecture has NVLS (module docstring); else None."""
+        if self.settings.nvls_efficiency <= 0 or len(self.machines) != 1 or self.n < 2:
+            return None
+        graph = self.network.topology.graph
+        shared = set.intersection(*(set(graph.successors(gpu)) for gpu in self.machines[0]))
+        switches = [node for node in shared if all(graph[gpu][node]["link"].transport.kind == "nvlink"
+                                                   for gpu in self.machines[0])]
+        return switches[0] if len(switches) == 1 else None
 
     # -- the tuner ----------------------------------------------------------------------------------
     def algorithm_for(self, nbytes: float) -> str:
         """The algorithm NCCL runs for an all-reduce of nbytes: the one set, or the tuner's (ties: ring)."""
+        if self.settings.algorithm == "nvls" and self.nvls_switch is None:
+            raise ValueError("NVLS needs one machine of GPUs on an NVSwitch whose architecture has it (Hopper)")
         if self.settings.algorithm != "auto":
             return self.settings.algorithm
-        return min(("ring", "tree"), key=lambda a: self.estimate(a, nbytes))
+        candidates = ("ring", "tree", "nvls") if self.nvls_switch else ("ring", "tree")
+        return min(candidates, key=lambda a: self.estimate(a, nbytes))
 
     def estimate(self, algorithm: str, nbytes: float) -> float:
         """NCCL's predicted time of an all-reduce: latency + nbytes / algorithm bandwidth (module docstring)."""
         n, bus = self.n, self.bus_bandwidth()
+        if algorithm == "nvls":
+            return self.settings.launch_s + NVLS_LATENCY_S + nbytes * (n + 1) / n / self._nvls_rate()
         if algorithm == "ring":
             return self.settings.launch_s + self._ring_fill(2 * (n - 1)) + nbytes * 2 * (n - 1) / (n * bus)
         tree_bus = bus * (2 if len(self.machines) == 2 else 1)
@@ -167,7 +200,10 @@ class Communicator:
             return
         if nbytes <= self.n * self.settings.ll_bytes_per_rank:
             nbytes *= 2  # LL: half of every line is flags (NcclSettings.ll_bytes_per_rank)
-        if self.algorithm_for(nbytes) == "tree":
+        algorithm = self.algorithm_for(nbytes)
+        if algorithm == "nvls":
+            yield from self._nvls(env, nbytes, tag)
+        elif algorithm == "tree":
             yield from self._run(env, self._tree_transfers(nbytes), self._tree_fill() - self._latest("tree"), tag)
         else:
             steps = 2 * (self.n - 1)
@@ -205,6 +241,25 @@ class Communicator:
                 hops = [hop for hop, _ in self._tree_transfers(0.0)]
             self._fills[key] = max(hop.latency for hop in hops)
         return self._fills[key]
+
+    # -- NVLS ---------------------------------------------------------------------------------------
+    def _nvls(self, env, nbytes: float, tag: str):
+        """Launch; M (n+1)/n up to the switch and down from it on every GPU's NVLink at once, each flow
+        capped at the NVLS rate; then the rest of NVLS's latency beyond the flows' own."""
+        gpus, switch = self.machines[0], self.nvls_switch
+        wire = nbytes * (self.n + 1) / self.n
+        yield env.timeout(self.settings.launch_s)
+        yield self.network.send_all([(gpu, switch, wire) for gpu in gpus] + [(switch, gpu, wire) for gpu in gpus],
+                                    tag, cap=self._nvls_rate())
+        latest = max(self.network.latency(self.network.topology.route(a, b))
+                     for gpu in gpus for a, b in ((gpu, switch), (switch, gpu)))
+        yield env.timeout(max(0.0, NVLS_LATENCY_S - latest))
+
+    def _nvls_rate(self) -> float:
+        """Bytes/s an NVLS flow reaches: the efficiency times the slowest GPU's NVLink to the switch."""
+        links = [self.network.topology.link(a, b) for gpu in self.machines[0]
+                 for a, b in ((gpu, self.nvls_switch), (self.nvls_switch, gpu))]
+        return self.settings.nvls_efficiency * min(link.nominal_capacity for link in links)
 
     # -- rings --------------------------------------------------------------------------------------
     def ring(self, channel: int) -> list[str]:

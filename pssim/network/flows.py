@@ -332,7 +332,8 @@ class FlowNetwork:
         self._batch_after_tail = lambda event: event.value[0].landed(event.value[1])
 
     # -- public -------------------------------------------------------------------------------------
-    def send(self, src: str, dst: str, nbytes: float, tag: str = "", messages: int = 1) -> simpy.Event:
+    def send(self, src: str, dst: str, nbytes: float, tag: str = "", messages: int = 1,
+             cap: float = math.inf) -> simpy.Event:
         """Send `nbytes` from src to dst; the returned event fires when the last byte lands.
 
         `messages` > 1 sends the bytes as that many back-to-back messages (a pipelined ring phase):
@@ -345,20 +346,23 @@ class FlowNetwork:
         links joins src and dst, or with `LinkDown` when a link of its route goes down before the last
         byte lands (for a multipath send, the first subflow to fail fails the event; the others go on).
         Whoever yields on it must then catch these `NetworkError`s, or SimPy stops the run.
+
+        `cap` limits the flow's rate below what its route allows (bytes/s; e.g. NVLS's switch efficiency).
         """
         try:
             paths = self._paths(src, dst)
         except NoRoute:
             return self._failed_event(NoRoute(src, dst, at=self.env.now))
         if len(paths) == 1:
-            return self._start(src, dst, nbytes, tag, paths[0], messages)
-        parts = [self._start(src, dst, nbytes / len(paths), tag, path, messages) for path in paths]
+            return self._start(src, dst, nbytes, tag, paths[0], messages, cap)
+        parts = [self._start(src, dst, nbytes / len(paths), tag, path, messages, cap) for path in paths]
         for part in parts:  # the condition reports the first failure; a second must not stop the run
             part.defused = True
         return self.env.all_of(parts)
 
-    def send_all(self, transfers: list[tuple[str, str, float]], tag: str = "", messages: int = 1) -> simpy.Event:
-        """`all_of` over one `send(src, dst, nbytes, tag, messages)` per transfer, each event defused (a
+    def send_all(self, transfers: list[tuple[str, str, float]], tag: str = "", messages: int = 1,
+                 cap: float = math.inf) -> simpy.Event:
+        """`all_of` over one `send(src, dst, nbytes, tag, messages, cap)` per transfer, each event defused (a
         collective reports its first failure; a second must not stop the run), in fewer SimPy events.
 
         Same flows, admitted in the same order at the same instants, and the returned event fires (or
@@ -378,16 +382,16 @@ class FlowNetwork:
         except NoRoute:
             regular = False
         if not regular:
-            sends = [self.send(src, dst, nbytes, tag, messages) for src, dst, nbytes in transfers]
+            sends = [self.send(src, dst, nbytes, tag, messages, cap) for src, dst, nbytes in transfers]
             for send in sends:
                 send.defused = True
             return self.env.all_of(sends)
         batch = Batch(self.env.event(), len(transfers))
         due: dict[float, list[Flow]] = {}  # first-byte time -> its flows, admitted by one timeout
         later = max(messages - 1, 0)
-        for (src, dst, nbytes), ((links, latency, cap, ids),) in zip(transfers, paths):
+        for (src, dst, nbytes), ((links, latency, path_cap, ids),) in zip(transfers, paths):
             nbytes = float(nbytes)
-            flow = Flow(src, dst, nbytes, tag, links, cap, batch, now, math.nan, math.nan, nbytes, 0.0,
+            flow = Flow(src, dst, nbytes, tag, links, min(cap, path_cap), batch, now, math.nan, math.nan, nbytes, 0.0,
                         latency * later)
             flow._ids = ids
             if latency > 0:
@@ -482,11 +486,12 @@ class FlowNetwork:
             self._capacity.append(link.capacity)
         return lid
 
-    def _start(self, src: str, dst: str, nbytes: float, tag: str, path, messages: int) -> simpy.Event:
+    def _start(self, src: str, dst: str, nbytes: float, tag: str, path, messages: int,
+               cap: float = math.inf) -> simpy.Event:
         """One flow on one path: admitted after one latency; the other messages' latency is its tail."""
-        links, latency, cap, ids = path
+        links, latency, path_cap, ids = path
         done = self.env.event()
-        flow = Flow(src, dst, float(nbytes), tag, links, cap, done, submitted=self.env.now,
+        flow = Flow(src, dst, float(nbytes), tag, links, min(cap, path_cap), done, submitted=self.env.now,
                     remaining=float(nbytes), tail=latency * max(messages - 1, 0))
         flow._ids = ids  # the links' ids, a tuple
         if latency > 0:

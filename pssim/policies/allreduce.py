@@ -21,8 +21,8 @@ class AllReduceConfig(ReplicatedConfig):
     # Horovod's background cycle (HOROVOD_CYCLE_TIME): 5 ms until v0.21 (then 1 ms). Each cycle fuses the
     # gradients that became ready on every rank since the last; 0: no cycle, buffers cut by size alone.
     cycle_ms: float = 5.0
-    # NCCL's algorithm (NCCL_ALGO): auto (NCCL's tuner picks Ring or Tree per size and scale), ring, tree,
-    # or ideal_ring: one flow per ring hop, 2(n-1)/n M/B + 2(n-1) alpha on a star (no channels, sockets,
+    # NCCL's algorithm (NCCL_ALGO): auto (NCCL's tuner picks Ring, Tree or, on one H100 NVSwitch machine,
+    # NVLS per size and scale), ring, tree, nvls, or ideal_ring: one flow per ring hop, 2(n-1)/n M/B + 2(n-1) alpha on a star (no channels, sockets,
     # launch or proxy costs).
     algorithm: str = "auto"
     # NCCL channels: one NIC per machine gives 2 (its topology search's ring, doubled).
@@ -82,8 +82,13 @@ class RingAllReduce(ReplicatedDataParallel):
         self.hierarchical = cfg.hierarchical and self.layout.gpus_per_machine > 1
         self.ideal = cfg.algorithm == "ideal_ring"
         settings = NcclSettings("auto" if self.ideal else cfg.algorithm, cfg.channels, cfg.sockets_per_connection,
-                                cfg.launch_us * 1e-6, cfg.socket_step_us * 1e-6, cfg.ll_bytes_per_rank)
+                                cfg.launch_us * 1e-6, cfg.socket_step_us * 1e-6, cfg.ll_bytes_per_rank,
+                                min(w.device.nvls_efficiency for w in self.workers))
         self.nccl = Communicator(self.network, self.machines, settings)
+        require(cfg.algorithm != "nvls" or (self.nccl.nvls_switch is not None and not self.hierarchical),
+                "policy.algorithm", cfg.algorithm, "NVLS needs every GPU in one machine on an NVLink switch "
+                "(cluster.gpus_per_machine = cluster.workers, an NVLink intra preset), an architecture with NVLS "
+                "(cluster.device=h100) and policy.hierarchical=false; allowed elsewhere: auto, ring, tree")
         self.local = [Communicator(self.network, [gpus], settings) for gpus in self.machines]
         self.cross = [Communicator(self.network, [[gpus[l]] for gpus in self.machines], settings)
                       for l in range(self.layout.gpus_per_machine)]
