@@ -1,11 +1,14 @@
 """The communication building blocks on their own: clocks and gates, the shard's failure hook, the
-priority queue under an in-flight window, and the summation service's push, against closed forms."""
+priority queue under an in-flight window, and the summation service's push, against closed forms; and
+HetPipe's GPU queue against SimPy's priority resource."""
 
 import pickle
 
+import numpy as np
 import pytest
 import simpy
 
+from pssim.cluster.gpu_queue import GpuQueue
 from pssim.comm.gates import Clock, MinClock, wait_until
 from pssim.comm.queues import PriorityWindow
 from pssim.comm.server import ServerShard, ShardDown
@@ -451,3 +454,49 @@ def test_a_part_failing_after_its_pusher_was_interrupted_does_not_stop_the_run()
         env.timeout(2e-4).callbacks.append(lambda _: network.fail_link("worker0", "switch"))
         env.run()  # must not raise
         assert caught == (["Interrupt"] if interrupted else ["LinkDown"])
+
+
+# -- GpuQueue ----------------------------------------------------------------------------------------
+def _gpu_schedule(use_queue: bool, jobs):
+    """Run `jobs` (arrival, priority, seconds, then: seconds of its follow-up at priority 0 or None) on one
+    GPU; each job's process asks for its follow-up the moment its first piece ends (a minibatch's backward
+    after its forward). Returns (job, piece, start, end) in the order pieces end."""
+    env = simpy.Environment()
+    gpu = GpuQueue(env) if use_queue else simpy.PriorityResource(env, capacity=1)
+    log = []
+
+    def piece(priority, seconds):
+        if use_queue:
+            done = gpu.run(priority, seconds)
+            yield done
+            return
+        with gpu.request(priority=priority) as turn:
+            yield turn
+            yield env.timeout(seconds)
+
+    def job(i, arrival, priority, seconds, then):
+        yield env.timeout(arrival)
+        for k, (p, s) in enumerate([(priority, seconds)] + ([(0, then)] if then is not None else [])):
+            asked = env.now
+            yield from piece(p, s)
+            log.append((i, k, round(env.now - s, 12), round(env.now, 12), asked))
+
+    for i, j in enumerate(jobs):
+        env.process(job(i, *j))
+    env.run()
+    return log
+
+
+def test_a_gpu_queue_runs_pieces_in_a_priority_resources_order():
+    """Random jobs (arrivals on a coarse grid, so many tie) on one GPU: the GpuQueue starts and ends every
+    piece when a simpy.PriorityResource(capacity=1) does: the lowest priority number first, then the
+    earliest request, then first come; a follow-up asked for the instant its first piece ends competes
+    with the pieces already waiting."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        jobs = [(float(rng.integers(0, 6)), int(rng.integers(0, 3)), float(rng.integers(1, 4)),
+                 float(rng.integers(1, 3)) if rng.random() < 0.6 else None) for _ in range(int(rng.integers(1, 12)))]
+        ours = sorted(_gpu_schedule(True, jobs))
+        assert ours == sorted(_gpu_schedule(False, jobs))
+        busy = sorted((start, end) for _, _, start, end, _ in ours)
+        assert all(a[1] <= b[0] for a, b in zip(busy, busy[1:]))  # one piece at a time

@@ -51,6 +51,7 @@ import simpy
 from pssim.cluster.allocation import ALLOCATIONS, Placement, allocate
 from pssim.cluster.compute import step_compute
 from pssim.cluster.device import DEVICES
+from pssim.cluster.gpu_queue import GpuQueue
 from pssim.cluster.layout import Layout
 from pssim.cluster.partition import NoFit, balance, stage_bytes
 from pssim.cluster.worker import StepRecord
@@ -165,10 +166,10 @@ class HetPipe(Policy):
         self.divisor = self.n * self.nm if mean else 1  # a wave's step: the sum of its gradients over this
         self.lr = ctx.config.train.lr
         self.clocks = MinClock(self.env, self.n)  # waves each VW has pushed
-        self.gpus: dict[str, simpy.PriorityResource] = {}
+        self.gpus: dict[str, GpuQueue] = {}
         for w in self.workers:
             for st in w.stages:
-                self.gpus.setdefault(st.host, simpy.PriorityResource(self.env, capacity=1))
+                self.gpus.setdefault(st.host, GpuQueue(self.env))
         shards = self.servers.shards
         # stage_bytes[i][s][j]: bytes of shard j's keys in the layers of VW i's stage s (push and pull).
         self.stage_bytes = [[[self._bytes(j, st.layers) for j in range(len(shards))] for st in w.stages]
@@ -224,12 +225,12 @@ class HetPipe(Policy):
         ideal = math.fsum(st.compute_s for st in stages)
         factor = w.straggler(ideal) / ideal  # one straggler draw per minibatch, on every stage
         for s, st in enumerate(stages):
-            yield from self.compute(st.host, FORWARD, st.compute_s * factor / 3)
+            yield self.gpus[st.host].run(FORWARD, st.compute_s * factor / 3)
             if s + 1 < len(stages):
                 yield send(st.host, stages[s + 1].host, st.activation_bytes, f"act w{w.index}.s{s}")
         for s in reversed(range(len(stages))):
             st = stages[s]
-            yield from self.compute(st.host, BACKWARD, st.compute_s * factor * 2 / 3)
+            yield self.gpus[st.host].run(BACKWARD, st.compute_s * factor * 2 / 3)
             if s > 0:
                 yield send(st.host, stages[s - 1].host, stages[s - 1].activation_bytes, f"act-grad w{w.index}.s{s}")
         rec.compute_end = rec.comm_start = env.now
@@ -245,11 +246,6 @@ class HetPipe(Policy):
         else:
             rec.comm_end = env.now
         vw.worker.clock = p + 1
-
-    def compute(self, gpu: str, priority: int, seconds: float):
-        with self.gpus[gpu].request(priority=priority) as turn:
-            yield turn
-            yield self.env.timeout(seconds)
 
     # -- Wave Synchronous Parallel against the sharded servers ----------------------------------------
     def push(self, vw: _VirtualWorker, c: int, rec: StepRecord):
