@@ -83,9 +83,10 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
     flows; with m the smallest share (0 if rounding made it negative), freeze at their caps all the
     unfrozen flows whose cap is below m (freezing a flow below m only raises the shares of its links,
     so they may all go at once), else freeze at m every unfrozen flow crossing a link whose share is m
-    (a tied link's share stays m whichever of them goes first). The max-min fair allocation is
-    unique, so these are progressive filling's rates up to rounding. Rounds: one per distinct level
-    of rates, not one per link; once most flows are frozen, the rest are carried on alone.
+    (a tied link's share stays m whichever of them goes first; when every unfrozen flow crosses one such
+    link, they all go at once without looking at the routes). The max-min fair allocation is unique, so
+    these are progressive filling's rates up to rounding. Rounds: one per distinct level of rates, not
+    one per link; once most flows are frozen, the rest are carried on alone.
     """
     width, n = routes.shape
     links = len(capacity)
@@ -106,7 +107,8 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
     while True:
         share.fill(_INF)
         np.divide(spare, count, out=share, where=count > 0)
-        lowest = share.min()
+        tightest = int(share.argmin())
+        lowest = share[tightest]
         if lowest == _INF:
             raise ValueError("an active flow crosses no link")
         level = lowest if lowest > 0.0 else 0.0
@@ -115,6 +117,9 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
             frozen = capped & (caps < level)
             if frozen.any():
                 rate = caps[frozen]
+        if rate is None and count[tightest] == left:  # every unfrozen flow crosses it: all freeze at level
+            rates[free if index is None else index[free]] = level
+            return rates
         if rate is None:
             bottleneck = share == lowest
             bottleneck[0] = False
