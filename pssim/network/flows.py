@@ -101,6 +101,9 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
     count = count.astype(np.float64)
     count[0] = 0.0
     index = None  # the columns' positions in the caller's arrays, once frozen columns are dropped
+    if 2 * left < n:  # mostly empty columns (free slots of the caller's arrays): carry only the flows
+        index = np.flatnonzero(free)
+        routes, caps, free = np.take(routes, index, axis=1), caps[index], np.ones(left, dtype=bool)
     capped = free & (caps < _INF)
     any_capped = bool(capped.any())
     share = np.empty(links)
@@ -123,9 +126,7 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
         if rate is None:
             bottleneck = share == lowest
             bottleneck[0] = False
-            frozen = bottleneck[routes[0]]
-            for hop in range(1, width):
-                frozen |= bottleneck[routes[hop]]
+            frozen = bottleneck[routes].any(axis=0)
             frozen &= free
             rate = level
         if index is None:
@@ -142,7 +143,7 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
         if any_capped:
             capped &= free
             any_capped = bool(capped.any())
-        hops = routes[:, frozen].ravel()
+        hops = np.compress(frozen, routes, axis=1).ravel()
         used = np.bincount(hops, minlength=links)
         if isinstance(rate, np.ndarray):
             spare -= np.bincount(hops, np.tile(rate, width), minlength=links)
@@ -153,7 +154,7 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
         if 2 * left < len(free):  # most columns are frozen: carry only the free ones on
             keep = np.flatnonzero(free)
             index = keep if index is None else index[keep]
-            routes, caps, capped, free = routes[:, keep], caps[keep], capped[keep], free[keep]
+            routes, caps, capped, free = np.take(routes, keep, axis=1), caps[keep], capped[keep], free[keep]
 
 
 def water_fill_small(routes: list[tuple[int, ...]], caps: list[float], capacity) -> list[float]:
