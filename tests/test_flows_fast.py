@@ -119,6 +119,63 @@ def test_water_filling_equals_progressive_filling(instance, extra_width):
     assert np.array_equal(got, again)
 
 
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances(), st.lists(st.integers(1, 4), min_size=24, max_size=24))
+def test_weighted_classes_get_the_rates_their_flows_get_one_by_one(instance, copies):
+    """A column standing for m identical flows (weight m) gets the rate each of those m flows gets when
+    they are laid out one by one: the progressive-filling reference's, to 1e-12; and without caps the
+    very same bits as the one-by-one water-filling (a link's count of frozen flows is the same integer)."""
+    capacity, routes, caps, _ = instance
+    if not routes:
+        return
+    m = copies[:len(routes)]
+    width = max(len(r) for r in routes)
+
+    def layout(rs):
+        return np.array([r + [0] * (width - len(r)) for r in rs], dtype=np.intp).T.reshape(width, len(rs))
+    one_by_one = [i for i in range(len(routes)) for _ in range(m[i])]
+    expanded = max_min_rates(layout([routes[i] for i in one_by_one]), np.array([caps[i] for i in one_by_one]),
+                             np.array(capacity))
+    hops, weight = layout(routes), np.array(m)
+    count = np.bincount(np.repeat(hops, weight, axis=1).ravel(), minlength=len(capacity))
+    classes = max_min_rates(hops, np.array(caps, dtype=float), np.array(capacity), count=count,
+                            active=np.ones(len(routes), dtype=bool), weight=weight)
+    expected = reference_rates([routes[i] for i in one_by_one], [caps[i] for i in one_by_one], capacity)
+    assert_rates_match(classes[one_by_one], expected, max(capacity[1:]))
+    if all(c == INF for c in caps):
+        assert np.array_equal(classes[one_by_one], expanded)
+
+
+def test_a_network_of_many_flows_on_few_routes_shares_their_classes(monkeypatch):
+    """On a star of 10 GB/s NICs, 1 GB flows: 10 from h0 to h1 (A), 10 from h2 to h1 (B), 5 from h0 to
+    h3 (C): three classes of 25 flows, so the network shares the classes, weighted. h1's downlink holds
+    A and B at 10/20 = 0.5 GB/s each (h0's uplink would give 10/15); h0's uplink then has 10 - 10 x 0.5
+    left for C's 5 flows: 1 GB/s. C lands at 1 s, A and B at 2 s."""
+    env = simpy.Environment()
+    t = Transport(name="t", kind="rdma", bandwidth=10e9, efficiency=1.0, latency_s=0.0, hop_latency_s=0.0,
+                  flow_cap=INF, cpu_s_per_byte=0.0)
+    from pssim.network import star
+    net = FlowNetwork(env, star([f"h{i}" for i in range(4)], t))
+    ends, columns = {}, []
+    from pssim.network import flows
+
+    def spy(routes, *args, **kw):
+        columns.append(routes.shape[1])
+        return max_min_rates(routes, *args, **kw)
+    monkeypatch.setattr(flows, "max_min_rates", spy)
+
+    def send(src, dst, k):
+        yield net.send(src, dst, 1e9)
+        ends[src, dst, k] = env.now
+    for src, dst, flows in (("h0", "h1", 10), ("h2", "h1", 10), ("h0", "h3", 5)):
+        for k in range(flows):
+            env.process(send(src, dst, k))
+    env.run()
+    assert len(net._class_of) == 3 and max(columns) <= 16  # shared over the classes' columns, not 25 flows'
+    assert sorted(set(round(t, 12) for t in ends.values())) == [1.0, 2.0]
+    assert all(t == pytest.approx(1.0 if dst == "h3" else 2.0, rel=1e-12) for (_, dst, _), t in ends.items())
+
+
 def test_water_filling_by_hand():
     """Links 1 (capacity 1) and 2 (capacity 2). Flow A crosses 1 and 2, B only 1, C and D only 2:
     1 is the bottleneck at 1/2 (A, B); 2 then has 1.5 for C and D. With C capped at 0.25, D takes 1.25."""

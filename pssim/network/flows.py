@@ -70,14 +70,16 @@ _SMALL = 16  # at most this many active flows: share them in plain Python (`wate
 
 
 def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, count: np.ndarray | None = None,
-                  active: np.ndarray | None = None) -> np.ndarray:
+                  active: np.ndarray | None = None, weight: np.ndarray | None = None) -> np.ndarray:
     """Max-min fair rates of n flows: progressive filling over their links, with per-flow caps.
 
     routes: (w, n) integer link ids, one column per flow (its route's links, each once), padded with
     link 0 (padding: whatever its capacity, no flow is constrained by it). caps: (n,) each flow's own
     most bytes/s (inf: none; 0 allowed). capacity: (L,) bytes/s of each link id. count: (L,) how many
     active flows cross each link (computed if not given). active: (n,) which columns are flows (the
-    others get rate 0; all if not given). Every active flow must cross a link.
+    others get rate 0; all if not given). Every active flow must cross a link. weight: (n,) how many
+    identical flows (the same route and cap) each column stands for, at least 1 where active (None: 1
+    each); they get one rate, as they would one by one.
 
     Water-filling: while flows are unfrozen, a link's share is its spare capacity over its unfrozen
     flows; with m the smallest share (0 if rounding made it negative), freeze at their caps all the
@@ -86,24 +88,30 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
     (a tied link's share stays m whichever of them goes first; when every unfrozen flow crosses one such
     link, they all go at once without looking at the routes). The max-min fair allocation is unique, so
     these are progressive filling's rates up to rounding. Rounds: one per distinct level of rates, not
-    one per link; once most flows are frozen, the rest are carried on alone.
+    one per link; once most flows are frozen, the rest are carried on alone. With weights the same
+    rounds give the same rates: to the bit while no flow freezes at its cap (a link's count of frozen
+    flows is the same integer), to rounding otherwise (k flows' caps on a link are summed as k x cap).
     """
     width, n = routes.shape
     links = len(capacity)
     rates = np.zeros(n)
     free = np.ones(n, dtype=bool) if active is None else np.array(active, dtype=bool)
-    left = int(np.count_nonzero(free))
-    if not left:
+    columns = int(np.count_nonzero(free))  # unfrozen columns
+    if not columns:
         return rates
+    left = columns if weight is None else int(weight[free].sum())  # unfrozen flows
     if count is None:
-        count = np.bincount(routes[:, free].ravel(), minlength=links)
+        count = np.bincount(routes[:, free].ravel(), None if weight is None else np.concatenate([weight[free]] * width),
+                            minlength=links)
     spare = np.array(capacity, dtype=np.float64)
     count = count.astype(np.float64)
     count[0] = 0.0
     index = None  # the columns' positions in the caller's arrays, once frozen columns are dropped
-    if 2 * left < n:  # mostly empty columns (free slots of the caller's arrays): carry only the flows
+    if 2 * columns < n:  # mostly empty columns (free slots of the caller's arrays): carry only the flows
         index = np.flatnonzero(free)
-        routes, caps, free = np.take(routes, index, axis=1), caps[index], np.ones(left, dtype=bool)
+        routes, caps, free = np.take(routes, index, axis=1), caps[index], np.ones(columns, dtype=bool)
+        if weight is not None:
+            weight = weight[index]
     capped = free & (caps < _INF)
     any_capped = bool(capped.any())
     share = np.empty(links)
@@ -136,7 +144,8 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
         frozen_now = int(np.count_nonzero(frozen))
         if not frozen_now:
             raise AssertionError("water-filling froze no flow")  # cannot happen: a bottleneck has flows
-        left -= frozen_now
+        columns -= frozen_now
+        left -= frozen_now if weight is None else int(weight[frozen].sum())
         if not left:
             return rates
         free &= ~frozen
@@ -144,17 +153,21 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
             capped &= free
             any_capped = bool(capped.any())
         hops = np.compress(frozen, routes, axis=1).ravel()
-        used = np.bincount(hops, minlength=links)
+        many = None if weight is None else np.concatenate([weight[frozen]] * width)  # each hop's flows
+        used = np.bincount(hops, many, minlength=links)
         if isinstance(rate, np.ndarray):
-            spare -= np.bincount(hops, np.tile(rate, width), minlength=links)
+            each = np.concatenate([rate] * width)
+            spare -= np.bincount(hops, each if many is None else each * many, minlength=links)
         else:
             spare -= used * rate
         count -= used
         count[0] = 0.0
-        if 2 * left < len(free):  # most columns are frozen: carry only the free ones on
+        if 2 * columns < len(free):  # most columns are frozen: carry only the free ones on
             keep = np.flatnonzero(free)
             index = keep if index is None else index[keep]
             routes, caps, capped, free = np.take(routes, keep, axis=1), caps[keep], capped[keep], free[keep]
+            if weight is not None:
+                weight = weight[keep]
 
 
 def water_fill_small(routes: list[tuple[int, ...]], caps: list[float], capacity) -> list[float]:
@@ -323,6 +336,15 @@ class FlowNetwork:
         self._hops = np.zeros((4, 0), dtype=np.intp)  # (hops, slots)
         self._slot_flow: list[Flow | None] = []
         self._free: list[int] = []  # free slots, the lowest last
+        # Classes of identical flows (the same link ids and cap), which max-min gives one rate: where the
+        # active flows are at least twice as many as their classes (many messages on few routes), a
+        # reshare shares the classes, each weighted by its active flows. Per class: link ids (a column),
+        # cap, active flows; per flow slot: its class.
+        self._class_of: dict[tuple[tuple[int, ...], float], int] = {}
+        self._chops = np.zeros((4, 0), dtype=np.intp)
+        self._ccap = np.zeros(0)
+        self._cflows = np.zeros(0, dtype=np.int64)
+        self._fclass = np.zeros(0, dtype=np.intp)
         self._pending: list[Flow] = []  # admitted at this instant, not yet in the arrays (rate 0)
         self._admitted = 0
         self._dirty = False  # flows or capacities changed since the last allocation
@@ -565,6 +587,8 @@ class FlowNetwork:
                 slot, ids = free.pop(), f._ids
                 hops[:len(ids), slot] = ids
                 lcount[list(ids)] += 1
+                klass = self._fclass[slot] = self._class(ids, f.cap)
+                self._cflows[klass] += 1
                 rem[slot], cap[slot], seq[slot], alive[slot] = f._remaining, f.cap, self._admitted, True
                 self._admitted += 1
                 f._net, f._slot = self, slot
@@ -581,6 +605,9 @@ class FlowNetwork:
         self._lcount[:links] += np.bincount(flat, minlength=links)
         self._rem[where] = [f._remaining for f in flows]
         self._fcap[where] = [f.cap for f in flows]
+        classes = [self._class(f._ids, f.cap) for f in flows]
+        self._fclass[where] = classes
+        np.add.at(self._cflows, classes, 1)
         self._seq[where] = np.arange(self._admitted, self._admitted + k)
         self._admitted += k
         self._alive[where] = True
@@ -598,9 +625,28 @@ class FlowNetwork:
         self._fcap = np.concatenate([self._fcap, np.zeros(pad)])
         self._seq = np.concatenate([self._seq, np.zeros(pad, dtype=np.int64)])
         self._alive = np.concatenate([self._alive, np.zeros(pad, dtype=bool)])
+        self._fclass = np.concatenate([self._fclass, np.zeros(pad, dtype=np.intp)])
         self._hops = np.concatenate([self._hops, np.zeros((len(self._hops), pad), dtype=np.intp)], axis=1)
         self._slot_flow += [None] * pad
         self._free[:0] = range(new - 1, old - 1, -1)
+
+    def _class(self, ids: tuple[int, ...], cap: float) -> int:
+        """The class of flows with these link ids and cap (a new one the first time)."""
+        key = (ids, cap)
+        klass = self._class_of.get(key)
+        if klass is None:
+            klass = self._class_of[key] = len(self._class_of)
+            if klass == len(self._ccap):  # full: double the columns
+                grow = max(16, klass)
+                self._chops = np.concatenate([self._chops, np.zeros((len(self._chops), grow), dtype=np.intp)], axis=1)
+                self._ccap = np.concatenate([self._ccap, np.zeros(grow)])
+                self._cflows = np.concatenate([self._cflows, np.zeros(grow, dtype=np.int64)])
+            if len(ids) > len(self._chops):
+                self._chops = np.concatenate([self._chops, np.zeros((len(ids) - len(self._chops),
+                                                                     self._chops.shape[1]), dtype=np.intp)])
+            self._chops[:len(ids), klass] = ids
+            self._ccap[klass] = cap
+        return klass
 
     def _wake_up(self) -> None:
         """Something changed (flows joined, capacities moved): reshare once, later in this instant, after
@@ -692,10 +738,8 @@ class FlowNetwork:
         if not self._flows:
             return math.inf
         rate = self._rate
-        moving = rate > 0
-        if not moving.any():
-            return math.inf
-        return max(0.0, float((self._rem[moving] / rate[moving]).min()))
+        first = float(np.divide(self._rem, rate, out=np.full(len(rate), _INF), where=rate > 0).min())
+        return first if first == _INF else max(0.0, first)
 
     def _retire_finished(self) -> list[Flow]:
         """Take out of the network the flows that have landed by now (in admission order), and return them.
@@ -727,6 +771,7 @@ class FlowNetwork:
                 slot, ids = f._slot, f._ids
                 f._remaining, f._rate, f._slot = float(rem[slot]), float(rate[slot]), -1
                 lcount[list(ids)] -= 1
+                self._cflows[self._fclass[slot]] -= 1
                 hops[:len(ids), slot] = 0
                 alive[slot] = False
                 rate[slot] = rem[slot] = 0.0
@@ -742,6 +787,7 @@ class FlowNetwork:
         links = len(self._links)
         self._lcount[:links] -= np.bincount(hops[:, slots].ravel(), minlength=links)
         self._lcount[0] = 0
+        np.subtract.at(self._cflows, self._fclass[slots], 1)
         hops[:, slots] = 0
         self._alive[slots] = False
         rate[slots] = 0.0
@@ -765,8 +811,8 @@ class FlowNetwork:
             self._join()
 
     def _allocate(self) -> None:
-        """Max-min fair rates of every active flow (`max_min_rates`; `water_fill_small` for a handful),
-        after flows or capacities changed."""
+        """Max-min fair rates of every active flow (`max_min_rates`, over the flows or their classes;
+        `water_fill_small` for a handful), after flows or capacities changed."""
         if not self._dirty:
             return
         self._dirty = False
@@ -781,7 +827,16 @@ class FlowNetwork:
                 self._log_few(flows, rates)
         else:
             links = len(self._links)
-            self._rate = max_min_rates(self._hops, self._fcap, self._lcap[:links], self._lcount[:links], self._alive)
+            classes = len(self._class_of)
+            weight = self._cflows[:classes]
+            if 2 * np.count_nonzero(weight) <= len(self._flows):  # many flows a class: share the classes
+                rate = max_min_rates(self._chops[:, :classes], self._ccap[:classes], self._lcap[:links],
+                                     self._lcount[:links], weight > 0, weight)[self._fclass]
+                rate[~self._alive] = 0.0
+                self._rate = rate
+            else:
+                self._rate = max_min_rates(self._hops, self._fcap, self._lcap[:links], self._lcount[:links],
+                                           self._alive)
             if self.record:
                 self._log_rates()
 
