@@ -220,7 +220,7 @@ class Flow:
     """
 
     __slots__ = ("src", "dst", "size", "tag", "links", "cap", "done", "submitted", "start", "end", "tail",
-                 "error", "_remaining", "_rate", "_net", "_slot", "_ids")
+                 "error", "_remaining", "_rate", "_net", "_slot", "_ids", "_class")
 
     def __init__(self, src: str, dst: str, size: float, tag: str, links: tuple[Link, ...], cap: float,
                  done: simpy.Event, submitted: float, start: float = math.nan, end: float = math.nan,
@@ -233,6 +233,7 @@ class Flow:
         self._net: FlowNetwork | None = None  # the network whose arrays hold it while active
         self._slot = -1
         self._ids = None
+        self._class = -1  # its class of identical flows in the network (FlowNetwork._class)
 
     @property
     def remaining(self) -> float:
@@ -417,11 +418,13 @@ class FlowNetwork:
         batch = Batch(self.env.event(), len(transfers))
         due: dict[float, list[Flow]] = {}  # first-byte time -> its flows, admitted by one timeout
         later = max(messages - 1, 0)
-        for (src, dst, nbytes), ((links, latency, path_cap, ids),) in zip(transfers, paths):
+        for (src, dst, nbytes), ((links, latency, path_cap, ids, klass),) in zip(transfers, paths):
             nbytes = float(nbytes)
-            flow = Flow(src, dst, nbytes, tag, links, min(cap, path_cap), batch, now, math.nan, math.nan, nbytes, 0.0,
+            if cap < path_cap:
+                path_cap, klass = cap, self._class(ids, cap)
+            flow = Flow(src, dst, nbytes, tag, links, path_cap, batch, now, math.nan, math.nan, nbytes, 0.0,
                         latency * later)
-            flow._ids = ids
+            flow._ids, flow._class = ids, klass
             if latency > 0:
                 group = due.get(now + latency)
                 if group is None:  # the timeout goes where the group's first flow's would have
@@ -488,12 +491,16 @@ class FlowNetwork:
 
     # -- sending ------------------------------------------------------------------------------------
     def _paths_uncached(self, src: str, dst: str):
-        """(links, per-message latency, flow cap, link ids) of each path a message from src to dst uses.
-        Raises `NoRoute` when no path of up links joins them (not cached: a link may come back)."""
+        """(links, per-message latency, flow cap, link ids, class of its flows) of each path a message from
+        src to dst uses. Raises `NoRoute` when no path of up links joins them (not cached: a link may come
+        back)."""
         links = self.topology.route(src, dst) if src != dst else ()
         paths = self.topology.routes(src, dst) if any(l.transport.multipath for l in links) else (links,)
-        return tuple((p, self.latency(p), min((l.transport.flow_cap for l in p), default=math.inf),
-                      tuple(self._id(l) for l in p)) for p in paths)
+        found = []
+        for p in paths:
+            cap, ids = min((l.transport.flow_cap for l in p), default=math.inf), tuple(self._id(l) for l in p)
+            found.append((p, self.latency(p), cap, ids, self._class(ids, cap) if ids else -1))
+        return tuple(found)
 
     def _id(self, link: Link) -> int:
         """The link's id in the arrays (numbered as links first appear on a route)."""
@@ -517,11 +524,13 @@ class FlowNetwork:
     def _start(self, src: str, dst: str, nbytes: float, tag: str, path, messages: int,
                cap: float = math.inf) -> simpy.Event:
         """One flow on one path: admitted after one latency; the other messages' latency is its tail."""
-        links, latency, path_cap, ids = path
+        links, latency, path_cap, ids, klass = path
+        if cap < path_cap:
+            path_cap, klass = cap, self._class(ids, cap)
         done = self.env.event()
-        flow = Flow(src, dst, float(nbytes), tag, links, min(cap, path_cap), done, submitted=self.env.now,
+        flow = Flow(src, dst, float(nbytes), tag, links, path_cap, done, submitted=self.env.now,
                     remaining=float(nbytes), tail=latency * max(messages - 1, 0))
-        flow._ids = ids  # the links' ids, a tuple
+        flow._ids, flow._class = ids, klass  # the links' ids (a tuple) and the flow's class
         if latency > 0:
             self.env.timeout(latency, flow).callbacks.append(self._admit_after_latency)
         else:
@@ -587,7 +596,7 @@ class FlowNetwork:
                 slot, ids = free.pop(), f._ids
                 hops[:len(ids), slot] = ids
                 lcount[list(ids)] += 1
-                klass = self._fclass[slot] = self._class(ids, f.cap)
+                klass = self._fclass[slot] = f._class
                 self._cflows[klass] += 1
                 rem[slot], cap[slot], seq[slot], alive[slot] = f._remaining, f.cap, self._admitted, True
                 self._admitted += 1
@@ -605,9 +614,9 @@ class FlowNetwork:
         self._lcount[:links] += np.bincount(flat, minlength=links)
         self._rem[where] = [f._remaining for f in flows]
         self._fcap[where] = [f.cap for f in flows]
-        classes = [self._class(f._ids, f.cap) for f in flows]
+        classes = np.fromiter((f._class for f in flows), dtype=np.intp, count=k)
         self._fclass[where] = classes
-        np.add.at(self._cflows, classes, 1)
+        self._cflows += np.bincount(classes, minlength=len(self._cflows))
         self._seq[where] = np.arange(self._admitted, self._admitted + k)
         self._admitted += k
         self._alive[where] = True
@@ -787,7 +796,7 @@ class FlowNetwork:
         links = len(self._links)
         self._lcount[:links] -= np.bincount(hops[:, slots].ravel(), minlength=links)
         self._lcount[0] = 0
-        np.subtract.at(self._cflows, self._fclass[slots], 1)
+        self._cflows -= np.bincount(self._fclass[slots], minlength=len(self._cflows))
         hops[:, slots] = 0
         self._alive[slots] = False
         rate[slots] = 0.0
