@@ -315,9 +315,34 @@ def lm_sparse(vocabulary: int = 793_471, width: int = 512, cell: int = 2048, ste
     ))
 
 
+def transformer_1p35b(seq: int = 512) -> Profile:
+    """A GPT-style decoder standing in for Fairring's 1.37B-parameter Transformer (facebookresearch/fairring
+    README; its exact shape is not published): 24 layers, width 2048, FFN 8192, wikitext-2's 33,278 words,
+    an untied output layer, sequences of 512: 1.35B parameters.
+
+    MACs per sample: each layer's attention projections (4 h^2 per token) and its two L x L products
+    (2 seq^2 h, op type `attention`), the FFN's two GEMMs, the output layer's logits (h x vocab per
+    token); the embeddings are lookups. Activations: seq x h per sample after every layer, the logits
+    after the output layer. Memory-bound kernels: the embeddings' sum and dropout; per attention block
+    softmax, mask and dropout on the scores (32 seq^2 over its heads) and residual, layer norm, dropout
+    (3 seq h); per FFN its activation on seq x ffn and 3 seq h; the softmax on the logits.
+    """
+    h, ffn, vocab = 2048, 8192, 33_278
+    tokens = seq * h * BYTES_PER_PARAM
+    layers = [Layer("embeddings", vocab * h + seq * h, 0, tokens, op="embedding", elementwise=2 * seq * h)]
+    for i in range(24):
+        layers += [Layer(f"layer{i}.attention", 4 * (h * h + h) + 2 * h, seq * 4 * h * h + 2 * seq * seq * h, tokens,
+                         other_ops=(("attention", 2 * seq * seq * h),), elementwise=32 * seq * seq + 3 * seq * h),
+                   Layer(f"layer{i}.ffn", 2 * h * ffn + ffn + h + 2 * h, seq * 2 * h * ffn, tokens,
+                         elementwise=seq * ffn + 3 * seq * h)]
+    layers.append(Layer("decoder", h * vocab + vocab + 2 * h, seq * h * vocab, seq * vocab * BYTES_PER_PARAM,
+                        elementwise=seq * vocab))
+    return Profile("transformer_1p35b", tuple(layers))
+
+
 PROFILES = Registry("profile.name")
 PROFILES.update(model=None, resnet50=resnet50, vgg16=vgg16, resnet152=resnet152, vgg19=vgg19, bert_large=bert_large,
-                lm_sparse=lm_sparse)
+                lm_sparse=lm_sparse, transformer_1p35b=transformer_1p35b)
 
 
 def from_model(model) -> Profile:
