@@ -444,7 +444,7 @@ def test_herring_against_nccl_has_fairrings_sign(gpus):
     """Fairring over NCCL (facebookresearch/fairring README): -24% at 8 GPUs (one machine: NCCL stays on
     NVLink, Herring goes through its server), +53% at 32, +43% at 64. Checks, against `allreduce` (NCCL
     as the allreduce policy models it); 128 GPUs (a check, minutes) and 256 (the row policy.message_us
-    is fit on, ~20 minutes) are in docs/MODELS.md (Herring), too slow to run here."""
+    is fit on, about 4 minutes) are in docs/MODELS.md (Herring), too slow to run here."""
     speedup = steps_per_s("herring", gpus) / steps_per_s("nccl", gpus) - 1
     print(f"Herring vs NCCL, {gpus} GPUs: published {FAIRRING[gpus]:+.2f}%, pssim {100 * speedup:+.2f}%")
     assert math.copysign(1, speedup) == math.copysign(1, FAIRRING[gpus])
