@@ -427,7 +427,8 @@ def test_the_fairring_stand_in_has_its_published_size():
     """Fairring's Transformer has 1.37B parameters; the stand-in, from its shape: 24 x (4 (h^2 + h) + 2h
     + 2 h ffn + ffn + h + 2h) + embeddings (vocab + 512) h + decoder h vocab + vocab + 2h = 1.35B."""
     h, ffn, vocab, seq = 2048, 8192, 33_278, 512
-    expected = 24 * (4 * (h * h + h) + 2 * h + 2 * h * ffn + ffn + h + 2 * h) + (vocab + seq) * h + h * vocab + vocab + 2 * h
+    layer = 4 * (h * h + h) + 2 * h + 2 * h * ffn + ffn + h + 2 * h
+    expected = 24 * layer + (vocab + seq) * h + h * vocab + vocab + 2 * h
     assert PROFILES["transformer_1p35b"]().params == expected
     assert 1.34e9 < expected < 1.36e9
 

@@ -22,8 +22,8 @@ class AllReduceConfig(ReplicatedConfig):
     # gradients that became ready on every rank since the last; 0: no cycle, buffers cut by size alone.
     cycle_ms: float = 5.0
     # NCCL's algorithm (NCCL_ALGO): auto (NCCL's tuner picks Ring, Tree or, on one H100 NVSwitch machine,
-    # NVLS per size and scale), ring, tree, nvls, or ideal_ring: one flow per ring hop, 2(n-1)/n M/B + 2(n-1) alpha on a star (no channels, sockets,
-    # launch or proxy costs).
+    # NVLS per size and scale), ring, tree, nvls, or ideal_ring: one flow per ring hop, 2(n-1)/n M/B +
+    # 2(n-1) alpha on a star (no channels, sockets, launch or proxy costs).
     algorithm: str = "auto"
     # NCCL channels: one NIC per machine gives 2 (its topology search's ring, doubled).
     channels: int = 2
