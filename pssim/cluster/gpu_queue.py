@@ -52,10 +52,7 @@ class GpuQueue:
         if not self._waiting:
             self.busy = False
             return
-        pick = simpy.Event(self.env)
-        pick._ok, pick._value = True, None
-        pick.callbacks.append(self._pick)
-        self.env.schedule(pick, NORMAL)
+        self.env.timeout(0).callbacks.append(self._pick)
 
     def _pick(self, _event) -> None:
         """Start the most urgent waiting piece."""

@@ -149,6 +149,12 @@ class Communicator:
         self._bus_bandwidth: float | None = None
         self._fills: dict[tuple[str, int], float] = {}  # pipeline fills, read once like the routes
         self.nvls_switch = self._nvls_switch()
+        if self.nvls_switch is not None:  # its flows' rate and latency, read once like the hops
+            links = [network.topology.link(a, b) for gpu in self.machines[0]
+                     for a, b in ((gpu, self.nvls_switch), (self.nvls_switch, gpu))]
+            # Bytes/s an NVLS flow reaches: the efficiency times the slowest GPU's NVLink to the switch.
+            self._nvls_rate = settings.nvls_efficiency * min(link.nominal_capacity for link in links)
+            self._nvls_latest = max(network.latency((link,)) for link in links)
 
     def _nvls_switch(self) -> str | None:
         """The NVSwitch NVLS reduces in: this communicator's one machine's, if its GPUs all hang off one
@@ -175,7 +181,7 @@ class Communicator:
         """NCCL's predicted time of an all-reduce: latency + nbytes / algorithm bandwidth (module docstring)."""
         n, bus = self.n, self.bus_bandwidth()
         if algorithm == "nvls":
-            return self.settings.launch_s + NVLS_LATENCY_S + nbytes * (n + 1) / n / self._nvls_rate()
+            return self.settings.launch_s + NVLS_LATENCY_S + nbytes * (n + 1) / n / self._nvls_rate
         if algorithm == "ring":
             return self.settings.launch_s + self._ring_fill(2 * (n - 1)) + nbytes * 2 * (n - 1) / (n * bus)
         tree_bus = bus * (2 if len(self.machines) == 2 else 1)
@@ -250,16 +256,8 @@ class Communicator:
         wire = nbytes * (self.n + 1) / self.n
         yield env.timeout(self.settings.launch_s)
         yield self.network.send_all([(gpu, switch, wire) for gpu in gpus] + [(switch, gpu, wire) for gpu in gpus],
-                                    tag, cap=self._nvls_rate())
-        latest = max(self.network.latency(self.network.topology.route(a, b))
-                     for gpu in gpus for a, b in ((gpu, switch), (switch, gpu)))
-        yield env.timeout(max(0.0, NVLS_LATENCY_S - latest))
-
-    def _nvls_rate(self) -> float:
-        """Bytes/s an NVLS flow reaches: the efficiency times the slowest GPU's NVLink to the switch."""
-        links = [self.network.topology.link(a, b) for gpu in self.machines[0]
-                 for a, b in ((gpu, self.nvls_switch), (self.nvls_switch, gpu))]
-        return self.settings.nvls_efficiency * min(link.nominal_capacity for link in links)
+                                    tag, cap=self._nvls_rate)
+        yield env.timeout(max(0.0, NVLS_LATENCY_S - self._nvls_latest))
 
     # -- rings --------------------------------------------------------------------------------------
     def ring(self, channel: int) -> list[str]:

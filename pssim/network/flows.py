@@ -107,15 +107,16 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
     count = count.astype(np.float64)
     count[0] = 0.0
     index = None  # the columns' positions in the caller's arrays, once frozen columns are dropped
-    if 2 * columns < n:  # mostly empty columns (free slots of the caller's arrays): carry only the flows
-        index = np.flatnonzero(free)
-        routes, caps, free = np.take(routes, index, axis=1), caps[index], np.ones(columns, dtype=bool)
-        if weight is not None:
-            weight = weight[index]
     capped = free & (caps < _INF)
     any_capped = bool(capped.any())
     share = np.empty(links)
     while True:
+        if 2 * columns < len(free):  # most columns are empty or frozen: carry only the free ones on
+            keep = np.flatnonzero(free)
+            index = keep if index is None else index[keep]
+            routes, caps, capped, free = np.take(routes, keep, axis=1), caps[keep], capped[keep], free[keep]
+            if weight is not None:
+                weight = weight[keep]
         share.fill(_INF)
         np.divide(spare, count, out=share, where=count > 0)
         tightest = int(share.argmin())
@@ -162,12 +163,6 @@ def max_min_rates(routes: np.ndarray, caps: np.ndarray, capacity: np.ndarray, co
             spare -= used * rate
         count -= used
         count[0] = 0.0
-        if 2 * columns < len(free):  # most columns are frozen: carry only the free ones on
-            keep = np.flatnonzero(free)
-            index = keep if index is None else index[keep]
-            routes, caps, capped, free = np.take(routes, keep, axis=1), caps[keep], capped[keep], free[keep]
-            if weight is not None:
-                weight = weight[keep]
 
 
 def water_fill_small(routes: list[tuple[int, ...]], caps: list[float], capacity) -> list[float]:
